@@ -1,0 +1,188 @@
+"""Identify LED drivers: `POST /v1/blink` (via api/actions) calls `Led.blink()`.
+
+The pattern is config.md §8: 200 ms on / 200 ms off, repeated for `seconds` (15 by default),
+LED left off at the end. One pattern runs at a time; a second `blink()` while one runs pushes
+the end time back instead of starting a second, overlapping pattern. sysfs writes are tiny
+but still blocking I/O, so they go through `asyncio.to_thread`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Protocol
+
+from supervisor.board.profiles import BoardProfile
+
+_LOGGER = logging.getLogger(__name__)
+
+IDENTIFY_SECONDS = 15.0
+ON_SECONDS = 0.2
+OFF_SECONDS = 0.2
+
+
+class Led(Protocol):
+    async def blink(self, seconds: float = IDENTIFY_SECONDS) -> None:
+        """Start (or extend) the identify pattern and return at once."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop any running pattern and leave the LED off."""
+        ...
+
+
+def _write(path: str, value: str) -> None:
+    # No O_CREAT: a vanished sysfs node must fail, not leave a stray regular file behind.
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
+class _PatternLed:
+    """Runs the on/off pattern in one task; subclasses say how to switch the LED."""
+
+    def __init__(self) -> None:
+        self._task: asyncio.Task[None] | None = None
+        self._until = 0.0
+        self._write_failed = False
+
+    @property
+    def blinking(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def blink(self, seconds: float = IDENTIFY_SECONDS) -> None:
+        loop = asyncio.get_running_loop()
+        self._until = max(self._until, loop.time() + seconds)
+        if not self.blinking:
+            self._task = loop.create_task(self._run(), name="led-identify")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        self._until = 0.0
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        else:
+            await self._switch(False)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        start, cycle = loop.time(), 0
+        try:
+            # Absolute schedule: thread hops for the writes do not make the period drift.
+            # `_until` is re-read after every await, so a blink() meanwhile extends this run.
+            while (t_on := start + cycle * (ON_SECONDS + OFF_SECONDS)) < self._until:
+                await _sleep_until(loop, t_on)
+                await self._switch(True)
+                await _sleep_until(loop, min(t_on + ON_SECONDS, self._until))
+                await self._switch(False)
+                cycle += 1
+        except asyncio.CancelledError:
+            await self._switch(False)
+            raise
+
+    async def _switch(self, on: bool) -> None:
+        try:
+            await asyncio.to_thread(self._set, on)
+        except OSError as err:
+            if not self._write_failed:  # once: a broken LED must not flood the log
+                _LOGGER.warning("Cannot drive the identify LED: %s", err)
+                self._write_failed = True
+
+    def _set(self, on: bool) -> None:
+        raise NotImplementedError
+
+
+async def _sleep_until(loop: asyncio.AbstractEventLoop, when: float) -> None:
+    delay = when - loop.time()
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+class SysfsBrightnessLed(_PatternLed):
+    """Writes `on`/`off` to a brightness file such as /sys/class/leds/ACT/brightness."""
+
+    def __init__(self, path: str, on: str = "1", off: str = "0") -> None:
+        super().__init__()
+        self.path, self.on, self.off = path, on, off
+
+    def _set(self, on: bool) -> None:
+        _write(self.path, self.on if on else self.off)
+
+
+class SysfsTriggerLed(_PatternLed):
+    """Switches the LED through its trigger file (e.g. "default-on" / "none").
+
+    With `on_trigger = "timer"` the kernel blinks by itself: delay_on/delay_off next to the
+    trigger file get the pattern's 200/200 ms and we only switch the trigger at both ends.
+    """
+
+    def __init__(self, path_to_trigger: str, on_trigger: str = "default-on",
+                 off_trigger: str = "none") -> None:
+        super().__init__()
+        self.path, self.on_trigger, self.off_trigger = path_to_trigger, on_trigger, off_trigger
+
+    def _set(self, on: bool) -> None:
+        if on and self.on_trigger == "timer":
+            _write(self.path, "timer")  # creates delay_on/delay_off
+            folder = Path(self.path).parent
+            _write(str(folder / "delay_on"), str(int(ON_SECONDS * 1000)))
+            _write(str(folder / "delay_off"), str(int(OFF_SECONDS * 1000)))
+            return
+        _write(self.path, self.on_trigger if on else self.off_trigger)
+
+    async def _run(self) -> None:
+        if self.on_trigger != "timer":
+            await super()._run()
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            while loop.time() < self._until:
+                await self._switch(True)
+                # The deadline moves when blink() extends it; re-check after each sleep.
+                while (remaining := self._until - loop.time()) > 0:  # noqa: ASYNC110
+                    await asyncio.sleep(remaining)
+                await self._switch(False)
+        except asyncio.CancelledError:
+            await self._switch(False)
+            raise
+
+
+class NullLed:
+    """No LED on this board (or `--led-file /dev/null`): identify is a silent no-op."""
+
+    async def blink(self, seconds: float = IDENTIFY_SECONDS) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+
+def make_led(profile: BoardProfile, led_file_override: str | None) -> Led:
+    """The LED for this board; `--led-file` replaces the profile's file."""
+    spec = profile.led
+    if led_file_override == os.devnull:
+        return NullLed()
+    if led_file_override:
+        candidates: tuple[str, ...] = (led_file_override,)
+        use_trigger = Path(led_file_override).name == "trigger"
+    elif spec.driver == "none":
+        return NullLed()
+    else:
+        candidates = spec.candidates
+        use_trigger = spec.driver == "sysfs-trigger"
+    path = next((c for c in candidates if Path(c).exists()), None)
+    if path is None:
+        _LOGGER.warning("LED file %s does not exist; identify will not blink",
+                        " or ".join(candidates))
+        return NullLed()
+    if use_trigger:
+        return SysfsTriggerLed(path, spec.on_trigger, spec.off_trigger)
+    on, off = ("0", "1") if spec.active_low else ("1", "0")
+    return SysfsBrightnessLed(path, on=on, off=off)

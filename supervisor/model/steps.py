@@ -1,0 +1,189 @@
+"""The Step union: what the planner asks for and the executor does, one function per kind.
+
+Steps are plain frozen data so that a plan can be logged, journalled in SQLite, shown by
+GET /v2/plan and compared in tests. `kind` is the upstream action name (engine.md §5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+from supervisor.model.compose import ContainerSpec, NetworkSpec, VolumeSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    kind: ClassVar[str] = "fetch"
+    image: str
+    app_id: int
+    service_name: str
+    commit: str
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveImage:
+    kind: ClassVar[str] = "removeImage"
+    image_id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Kill:
+    """Stop and remove a container (upstream `kill`)."""
+
+    kind: ClassVar[str] = "kill"
+    container_id: str
+    name: str
+    app_id: int
+    service_name: str
+    commit: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    kind: ClassVar[str] = "stop"
+    container_id: str
+    name: str
+    app_id: int
+    service_name: str
+    commit: str
+
+
+@dataclass(frozen=True, slots=True)
+class Remove:
+    """Remove a Dead (or duplicate, already stopped) container."""
+
+    kind: ClassVar[str] = "remove"
+    container_id: str
+    name: str
+    app_id: int
+    service_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """Create the container when none matches the spec, then start it unless `running: false`."""
+
+    kind: ClassVar[str] = "start"
+    spec: ContainerSpec
+    commit: str
+    start: bool = True
+    container_id: str | None = None  # an existing created container to start
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateMetadata:
+    """Release-only change: rename, do not recreate."""
+
+    kind: ClassVar[str] = "updateMetadata"
+    container_id: str
+    old_name: str
+    new_name: str
+    app_id: int
+    service_name: str
+    commit: str
+
+
+@dataclass(frozen=True, slots=True)
+class Handover:
+    kind: ClassVar[str] = "handover"
+    container_id: str
+    name: str
+    spec: ContainerSpec
+    commit: str
+    timeout_ms: int = 60000
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateCommit:
+    kind: ClassVar[str] = "updateCommit"
+    app_id: int
+    commit: str
+
+
+@dataclass(frozen=True, slots=True)
+class CreateNetwork:
+    kind: ClassVar[str] = "createNetwork"
+    spec: NetworkSpec
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveNetwork:
+    kind: ClassVar[str] = "removeNetwork"
+    network_id: str
+    name: str
+    app_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class CreateVolume:
+    kind: ClassVar[str] = "createVolume"
+    spec: VolumeSpec
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveVolume:
+    kind: ClassVar[str] = "removeVolume"
+    name: str
+    app_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class EnsureSupervisorNetwork:
+    kind: ClassVar[str] = "ensureSupervisorNetwork"
+
+
+@dataclass(frozen=True, slots=True)
+class TakeLock:
+    kind: ClassVar[str] = "takeLock"
+    app_id: int
+    services: tuple[str, ...]
+    force: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseLock:
+    kind: ClassVar[str] = "releaseLock"
+    app_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class RequireReboot:
+    kind: ClassVar[str] = "requireReboot"
+    app_id: int
+    service_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Noop:
+    """Nothing to do now, but the loop must come back (waiting for a download, a stop...)."""
+
+    kind: ClassVar[str] = "noop"
+    reason: str = ""
+    app_id: int | None = field(default=None)
+
+
+Step = (
+    Fetch | RemoveImage | Kill | Stop | Remove | Start | UpdateMetadata | Handover | UpdateCommit
+    | CreateNetwork | RemoveNetwork | CreateVolume | RemoveVolume | EnsureSupervisorNetwork
+    | TakeLock | ReleaseLock | RequireReboot | Noop
+)
+
+
+def describe(step: Step) -> dict[str, Any]:
+    """A JSON-ready description (for the journal, logs and GET /v2/plan)."""
+    out: dict[str, Any] = {"action": step.kind}
+    for key, value in asdict(step).items():
+        if key == "spec":
+            out["name"] = value.get("name")
+            out["serviceName"] = value.get("service_name")
+            out["appId"] = value.get("app_id")
+            continue
+        out[_camel(key)] = value
+    return out
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)

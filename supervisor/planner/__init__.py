@@ -1,0 +1,16 @@
+"""The planner: a pure function from (current, target, context) to the next steps.
+
+`plan()` does no I/O, reads no clock and has no randomness. The reconciler calls it after every
+observation and applies the whole batch; steps of one batch are independent, and ordering
+across batches comes from the conditions here (a container starts only once its networks,
+volumes, images and dependencies are ready). Rules follow upstream's `inferNextSteps` and
+`App.nextStepsForAppUpdate` (spec engine.md §6-§14, locks.md §6).
+
+Split by concern: `apps` (per-app sequencing and locks), `services` (pairing and per-service
+rules, strategies), `resources` (networks and volumes), `images` (housekeeping).
+"""
+
+from supervisor.planner.context import PlanContext
+from supervisor.planner.core import plan
+
+__all__ = ["PlanContext", "plan"]

@@ -1,0 +1,32 @@
+"""What the planner may know beyond Docker's containers: images, locks, commits, flags."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from supervisor.model.compose import DeviceContext
+
+
+@dataclass(frozen=True, slots=True)
+class PlanContext:
+    device: DeviceContext
+    # normalised image name -> local Docker image id, for every image present in the engine
+    image_ids: Mapping[str, str] = field(default_factory=dict)
+    # image names with a fetch in flight
+    downloading: frozenset[str] = frozenset()
+    # images this supervisor pulled for services (name -> docker id): the only ones it may delete
+    managed_images: Mapping[str, str] = field(default_factory=dict)
+    # apps whose supervisor update lock is held, and apps with leftover supervisor lock files
+    locked_apps: frozenset[int] = frozenset()
+    lock_leftovers: frozenset[int] = frozenset()
+    # current commit per app id (SQLite)
+    commits: Mapping[int, str] = field(default_factory=dict)
+    force: bool = False
+    keep_images: bool = False
+    keep_volumes: bool = False
+    # reboot breadcrumb set, and the boot time as Docker's ISO timestamps (for requires-reboot)
+    reboot_required: bool = False
+    boot_time: str = ""
+    # (app_id, service_name) pairs whose new container signalled handover-complete
+    handover_done: frozenset[tuple[int, str]] = frozenset()

@@ -1,0 +1,204 @@
+"""The level-triggered loop: dirty | timer -> observe -> plan -> apply -> publish, until settled.
+
+Events (a new target, a Docker event, an API action) only mark the loop dirty. Every round
+observes Docker afresh, so a stale plan is never run. One batch is applied at a time; a
+failure backs off exponentially (capped, reset on success). A new target cancels a batch that
+is only downloading (the pull is abandoned) and otherwise takes effect at the next round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from supervisor.errors import StepFailed, SupervisorError, UpdatesLocked
+from supervisor.executor import Executor
+from supervisor.model.current import Current
+from supervisor.model.steps import Fetch, Noop, Step
+from supervisor.model.target import TargetState
+from supervisor.planner import PlanContext, plan
+
+_LOGGER = logging.getLogger(__name__)
+
+BACKOFF_BASE = 0.5
+BACKOFF_CAP = 60.0
+RESYNC_INTERVAL = 30.0  # observe even without events, to catch what events missed
+
+
+@dataclass
+class LoopState:
+    """What the loop exposes to the snapshot."""
+
+    applying: bool = False
+    failures: int = 0
+    last_error: str | None = None
+    last_error_locked: UpdatesLocked | None = None
+    plan: tuple[Step, ...] = ()
+    heartbeat: float = 0.0
+    apply_started: float = 0.0
+    last_success: float = 0.0
+
+
+class Reconciler:
+    def __init__(
+        self,
+        *,
+        observe: Callable[[], Awaitable[Current]],
+        target: Callable[[], TargetState | None],
+        context: Callable[[Current], Awaitable[PlanContext]],
+        executor: Executor,
+        publish: Callable[[], None],
+        on_settled: Callable[[], Awaitable[None]] | None = None,
+        log: Callable[[str], None] = lambda message: None,
+        backoff_cap: float = BACKOFF_CAP,
+    ) -> None:
+        self._log = log
+        self._observe = observe
+        self._target = target
+        self._context = context
+        self._executor = executor
+        self._publish = publish
+        self._on_settled = on_settled
+        self._backoff_cap = backoff_cap
+        self._dirty = asyncio.Event()
+        self._target_changed = False
+        self._batch: asyncio.Task[None] | None = None
+        self._force = False
+        self.state = LoopState()
+        self.current: Current | None = None
+
+    # -- triggers (cheap, from anywhere on the loop) ------------------------------------------
+
+    def mark_dirty(self, *, force: bool = False) -> None:
+        self._force = self._force or force
+        self._dirty.set()
+
+    def target_changed(self, *, force: bool = False) -> None:
+        """A new target: reset the failure count and abandon a batch that only downloads."""
+        self.state.failures = 0
+        self._target_changed = True
+        batch = self._batch
+        if batch is not None and not batch.done() and self._only_downloads:
+            batch.cancel()
+        self.mark_dirty(force=force)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self._dirty.set()
+        while True:
+            try:
+                await asyncio.wait_for(self._dirty.wait(), RESYNC_INTERVAL)
+            except TimeoutError:
+                pass
+            self._dirty.clear()
+            await self.apply_until_settled()
+
+    async def apply_until_settled(self) -> None:
+        self.state.applying = True
+        self.state.apply_started = time.monotonic()
+        self._publish()
+        try:
+            while True:
+                self._target_changed = False
+                steps = await self._round()
+                if steps is None:
+                    break
+                if all(isinstance(s, Noop) for s in steps):
+                    await self._sleep(1.0)  # waiting on something outside the loop
+        finally:
+            self.state.applying = False
+            self._publish()
+
+    async def _round(self) -> tuple[Step, ...] | None:
+        """One observe-plan-apply round; None when settled."""
+        self.state.heartbeat = time.monotonic()
+        try:
+            current = await self._observe()
+        except SupervisorError as err:
+            await self._failed(err)
+            return ()
+        self.current = current
+        ctx = await self._context(current)
+        if self._force:
+            ctx = _with_force(ctx)
+        steps = plan(current, self._target(), ctx)
+        self.state.plan = steps
+        self._publish()
+        if not steps:
+            self._settled()
+            if self._on_settled is not None:
+                await self._on_settled()
+            return None
+        if all(isinstance(s, Noop) for s in steps):
+            return steps
+        _LOGGER.info("applying %s", ", ".join(s.kind for s in steps))
+        self._only_downloads = all(isinstance(s, Fetch | Noop) for s in steps)
+        self._batch = asyncio.create_task(self._executor.apply(steps), name="apply-batch")
+        try:
+            await self._batch
+        except asyncio.CancelledError:
+            if self._batch.cancelled() and self._target_changed:
+                _LOGGER.info("batch abandoned for a new target")
+                return ()
+            raise
+        except SupervisorError as err:
+            await self._failed(err)
+            return ()
+        finally:
+            self._batch = None
+        self.state.failures = 0
+        self.state.last_error = None
+        self.state.last_error_locked = None
+        return steps
+
+    _only_downloads: bool = False
+
+    def _settled(self) -> None:
+        self._force = False
+        self.state.failures = 0
+        self.state.last_error = None
+        self.state.last_error_locked = None
+        self.state.last_success = time.monotonic()
+
+    async def _failed(self, err: SupervisorError) -> None:
+        self.state.failures += 1
+        delay = min(BACKOFF_BASE * 2 ** self.state.failures, self._backoff_cap)
+        cause = err.cause if isinstance(err, StepFailed) else err
+        self.state.last_error = str(err)
+        if isinstance(cause, UpdatesLocked):
+            self.state.last_error_locked = cause
+            self._log(f"Updates are locked, retrying in {_pretty(delay)}. Reason: {cause}")
+        else:
+            _LOGGER.warning("apply failed (%d in a row), retrying in %.1f s: %s",
+                            self.state.failures, delay, err)
+        self._publish()
+        await self._sleep(delay)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake early for a new target or a forced update."""
+        try:
+            await asyncio.wait_for(self._wait_for_target(), seconds)
+        except TimeoutError:
+            pass
+
+    async def _wait_for_target(self) -> None:
+        while not (self._target_changed or self._force):
+            await self._dirty.wait()
+            self._dirty.clear()
+            if not (self._target_changed or self._force):
+                # a docker event or an API nudge: keep sleeping the backoff out
+                continue
+
+
+def _pretty(seconds: float) -> str:
+    return f"{seconds:.0f}s" if seconds < 60 else f"{seconds / 60:.0f}m"
+
+
+def _with_force(ctx: PlanContext) -> PlanContext:
+    from dataclasses import replace
+
+    return replace(ctx, force=True)

@@ -1,0 +1,407 @@
+"""The composition root: builds every part, owns the tasks, signals and the snapshot.
+
+Start order: settings -> store (keys, cached target) -> engine -> locks (crash leftovers
+cleaned) -> lifecycles/executor/reconciler -> API server. `publish()` replaces the immutable
+Snapshot the API reads; it runs after every observation, phase change and progress event.
+SIGTERM/SIGINT stop the loop and the server; the store is closed last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import time
+from collections import deque
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from supervisor import COMPAT_VERSION, system
+from supervisor.board.led import Led, make_led
+from supervisor.board.profiles import BoardProfile, configs_dir, load_board
+from supervisor.engine.docker import DockerEngine
+from supervisor.engine.runner import AsyncEngine
+from supervisor.errors import SupervisorError, TargetInvalid
+from supervisor.executor import Executor, ExecutorHooks
+from supervisor.host.actions import HostActions, choose_host_actions
+from supervisor.host.breadcrumb import RebootBreadcrumb
+from supervisor.lifecycle import Key, Lifecycles
+from supervisor.locks import UpdateLocks
+from supervisor.model.compose import DeviceContext, wants_supervisor_api
+from supervisor.model.current import Current, DeviceView, ImageProgress, Phase, Snapshot
+from supervisor.model.status import build_services
+from supervisor.model.steps import Fetch
+from supervisor.model.target import TargetState, parse_local_target, parse_target, to_v3
+from supervisor.planner import PlanContext
+from supervisor.reconciler import Reconciler
+from supervisor.settings import Settings
+from supervisor.store import AsyncStore, ImageRecord
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class Runtime:
+    """Everything the supervisor is, wired together. `api/actions.py` drives it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store: AsyncStore
+        self.engine: AsyncEngine
+        self.locks = UpdateLocks(settings.locks_dir)
+        self.lifecycles = Lifecycles(self._phase_changed)
+        self.board: BoardProfile = load_board(settings.board, configs_dir())
+        self.led: Led = make_led(self.board, str(settings.led_file) if settings.led_file else None)
+        self.breadcrumb = RebootBreadcrumb(settings.state_dir)
+        self.host: HostActions
+        self.target: TargetState | None = None
+        self.target_source = "local" if settings.unmanaged else "cloud"
+        self.downloads: dict[str, ImageProgress] = {}
+        self.commits: dict[int, str] = {}
+        self.image_ids: dict[str, str] = {}
+        self.device_name = ""
+        self.system_log: deque[tuple[float, str]] = deque(maxlen=500)
+        self.log_listeners: list[Any] = []
+        self._snapshot: Snapshot | None = None
+        self._seq = 0
+        self._scoped_keys: dict[tuple[int, str], str] = {}
+        self._stop = asyncio.Event()
+        self._boot_time = system.boot_time()
+        self.reconciler: Reconciler
+        self.started_at = time.monotonic()
+        self._pulling: set[str] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- the snapshot --------------------------------------------------------------------------
+
+    @property
+    def snapshot(self) -> Snapshot:
+        assert self._snapshot is not None
+        return self._snapshot
+
+    @property
+    def local_mode(self) -> bool:
+        return self.target_source == "local"
+
+    def device_view(self) -> DeviceView:
+        return DeviceView(
+            uuid=self.settings.uuid,
+            name=self.device_name,
+            api_port=self.settings.listen_port,
+            os_version=_os_version(),
+            supervisor_version=COMPAT_VERSION,
+            device_type=self.settings.device_type or self.board.slug,
+            arch=self.board.arch,
+            ip_address=" ".join(system.ip_addresses()),
+            local_mode=self.local_mode,
+            unmanaged=self.settings.unmanaged,
+        )
+
+    def publish(self) -> None:
+        """Replace the snapshot (cheap; called on every change)."""
+        self._seq += 1
+        current = self.reconciler.current if hasattr(self, "reconciler") else None
+        current = current or Current()
+        state = self.reconciler.state if hasattr(self, "reconciler") else None
+        phases = dict(self.lifecycles.items())
+        services = build_services(current, self.target, phases, self.downloads, self.image_ids)
+        pending = bool(state and state.applying and state.plan)
+        downloading = any(d.status == "Downloading" for d in self.downloads.values())
+        lock_block = None
+        if state is not None and state.last_error_locked is not None:
+            from supervisor.model.current import LockBlock
+
+            err = state.last_error_locked
+            lock_block = LockBlock(app_id=err.app_id or 0, service_name=err.service or "",
+                                   path=err.path or "", since=time.time())
+        self._snapshot = Snapshot(
+            seq=self._seq,
+            device=self._device,
+            current=current,
+            target=self.target,
+            services=services,
+            images=tuple(self.downloads.values()),
+            commits=dict(self.commits),
+            apply_in_progress=bool(state and state.applying),
+            update_pending=pending,
+            update_downloaded=pending and not downloading,
+            update_failed=bool(state and state.failures),
+            last_error=state.last_error if state else None,
+            lock_block=lock_block,
+            plan=state.plan if state else (),
+            engine_ok=True,
+            loop_heartbeat=state.heartbeat if state else 0.0,
+        )
+
+    def _phase_changed(self, key: Key, phase: Phase) -> None:
+        if hasattr(self, "reconciler"):
+            self.publish()
+
+    def log(self, message: str) -> None:
+        """A system message for the device log (dashboard-style, engine.md §17)."""
+        _LOGGER.info("%s", message)
+        entry = (time.time(), message)
+        self.system_log.append(entry)
+        for listener in list(self.log_listeners):
+            listener(entry)
+
+    # -- targets ---------------------------------------------------------------------------------
+
+    async def set_target(self, target: TargetState, *, source: str, force: bool = False) -> None:
+        """Store a new target (SQLite first: a crash after this still applies it) and apply."""
+        await self.store.save_target(source, to_v3(target))  # type: ignore[arg-type]
+        if source == self.target_source:
+            self.target = target
+            self.device_name = target.name or self.device_name
+            await self._ensure_scoped_keys(target)
+            self.publish()
+            self.reconciler.target_changed(force=force)
+
+    async def _load_target(self) -> None:
+        body = await self.store.load_target(self.target_source)  # type: ignore[arg-type]
+        if body is not None:
+            try:
+                self.target = parse_target(body, device_uuid=self.settings.uuid)
+                self.device_name = self.target.name
+            except TargetInvalid as err:
+                _LOGGER.error("stored %s target is invalid, ignoring it: %s",
+                              self.target_source, err)
+        local = self.settings.local_target
+        if local is not None and self.local_mode:
+            raw = json.loads(Path(local).read_text())
+            target = parse_local_target(raw, device_uuid=self.settings.uuid)
+            await self.store.save_target("local", to_v3(target))
+            self.target = target
+            self.device_name = target.name or self.device_name
+            self.log(f"Applying local target from {local}")
+        if self.target is not None:
+            await self._ensure_scoped_keys(self.target)
+
+    async def _ensure_scoped_keys(self, target: TargetState) -> None:
+        for app in target.apps.values():
+            if app.release is None:
+                continue
+            for svc in app.release.services.values():
+                if wants_supervisor_api(svc):
+                    key = (app.app_id, svc.name)
+                    self._scoped_keys[key] = await self.store.scoped_api_key(*key)
+
+    # -- planning context --------------------------------------------------------------------------
+
+    def device_context(self) -> DeviceContext:
+        cfg = self.settings.config_json.data
+        host = self.settings.docker_host
+        return DeviceContext(
+            device_uuid=self.settings.uuid,
+            device_type=self.settings.device_type or self.board.slug,
+            device_arch=self.board.arch,
+            os_version=_os_version(),
+            device_name=self.device_name,
+            hostname=str(cfg.get("hostname") or self.settings.uuid[:7]),
+            listen_port=self.settings.listen_port,
+            api_endpoint=self.settings.api_endpoint or None,
+            device_api_key=cfg.get("deviceApiKey") or None,
+            locks_dir=str(self.settings.locks_dir),
+            docker_socket=host[len("unix://"):] if host.startswith("unix://") else
+            "/var/run/docker.sock",
+            supervisor_api_keys=dict(self._scoped_keys),
+        )
+
+    async def plan_context(self, current: Current) -> PlanContext:
+        names = set()
+        if self.target is not None:
+            for app in self.target.apps.values():
+                if app.release is not None:
+                    names |= {s.image for s in app.release.services.values()}
+        image_ids = {}
+        for name in names:
+            img = current.image_by_ref(name)
+            if img is not None:
+                image_ids[name] = img.id
+        self.image_ids = image_ids
+        managed = {r.name: r.docker_image_id for r in await self.store.images()
+                   if r.docker_image_id}
+        self.commits = await self.store.current_commits()
+        boot = datetime.fromtimestamp(self._boot_time, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        return PlanContext(
+            device=self._device_ctx_cached(),
+            image_ids=image_ids,
+            downloading=frozenset(n for n, d in self.downloads.items()
+                                  if d.status == "Downloading" and n in self._pulling),
+            managed_images=managed,
+            locked_apps=self.locks.held_apps(),
+            lock_leftovers=await self.locks.leftover_apps(),
+            commits=dict(self.commits),
+            keep_images=self.local_mode,
+            keep_volumes=self.local_mode,
+            reboot_required=self.breadcrumb.is_required(self._boot_time),
+            boot_time=boot,
+        )
+
+    def _device_ctx_cached(self) -> DeviceContext:
+        return self.device_context()
+
+    # -- executor hooks --------------------------------------------------------------------------
+
+    def _progress(self, step: Fetch, status: str, pct: int | None) -> None:
+        if status == "Downloading":
+            self._pulling.add(step.image)
+            self.downloads[step.image] = ImageProgress(
+                name=step.image, app_id=step.app_id, service_name=step.service_name,
+                commit=step.commit, status="Downloading", progress=pct,
+            )
+            self._spawn(self.store.upsert_image(ImageRecord(
+                name=step.image, app_id=step.app_id, service_name=step.service_name,
+                commit=step.commit, download_progress=pct, status="Downloading",
+            )))
+        else:
+            self._pulling.discard(step.image)
+            self.downloads.pop(step.image, None)
+        self.publish()
+
+    async def _require_reboot(self) -> None:
+        await asyncio.to_thread(self.breadcrumb.set)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- lifecycle of the process ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self.settings
+        for path in (s.data_dir, s.state_dir, s.locks_dir):
+            Path(path).mkdir(parents=True, exist_ok=True)
+        self.store = await AsyncStore.open(s.db_path)
+        await self.store.global_api_key()
+        self.host = await asyncio.to_thread(choose_host_actions, s.host_actions, None,
+                                            self._record_host_action)
+        self.engine = AsyncEngine(DockerEngine(s.docker_host))
+        for entry in await self.store.journal_open():
+            _LOGGER.warning("step %s was interrupted by a restart", entry.kind)
+            await self.store.journal_end(entry.id, "interrupted")
+        cleaned = await self.locks.clean_leftovers()
+        if cleaned:
+            self.log(f"Removed {cleaned} supervisor update lock(s) left by a crash")
+        for rec in await self.store.images():
+            if rec.status == "Downloading" and rec.download_progress is not None:
+                # what was shown before the restart, not zero, until the pull reports again
+                self.downloads[rec.name] = ImageProgress(
+                    name=rec.name, app_id=rec.app_id or 0, service_name=rec.service_name or "",
+                    commit=rec.commit or "", status="Downloading", progress=rec.download_progress,
+                )
+        self._device = self.device_view()
+        executor = Executor(
+            engine=self.engine, store=self.store, lifecycles=self.lifecycles, locks=self.locks,
+            hooks=ExecutorHooks(progress=self._progress, log=self.log,
+                                require_reboot=self._require_reboot),
+        )
+        self.reconciler = Reconciler(
+            observe=self._observe, target=lambda: self.target, context=self.plan_context,
+            executor=executor, publish=self.publish, log=self.log,
+        )
+        await self._load_target()
+        self.publish()
+        self.log("Supervisor starting")
+
+    async def _observe(self) -> Current:
+        current = await self.engine.observe()
+        observed = {}
+        from supervisor.lifecycle import phase_from_container
+
+        for c in current.containers:
+            observed[(c.app_id, c.service_name, c.commit)] = phase_from_container(c)
+        self.lifecycles.sync(observed)
+        return current
+
+    async def _record_host_action(self, action: str, details: dict[str, Any]) -> None:
+        await self.store.record_host_action(action, bool(details.get("force")), "dry-run",
+                                            json.dumps(details))
+
+    def _on_docker_event(self, event: dict[str, Any]) -> None:
+        if event.get("Action") in ("die", "start", "destroy", "stop", "kill", "oom"):
+            self.reconciler.mark_dirty()
+
+    async def run(self) -> None:
+        await self.start()
+        from supervisor.api.actions import RuntimeApi
+        from supervisor.api.app import build_app
+
+        app = build_app(RuntimeApi(self))
+        config = uvicorn.Config(
+            app, host=self.settings.listen_host, port=self.settings.listen_port,
+            log_level="warning", access_log=False, lifespan="off",
+            timeout_graceful_shutdown=1,
+        )
+        server = _Server(config)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        self.engine.start_events(self._on_docker_event)
+        tasks = [
+            asyncio.create_task(self.reconciler.run(), name="reconciler"),
+            asyncio.create_task(_guard_server(server), name="api"),
+        ]
+        await self._stop.wait()
+        _LOGGER.info("stopping")
+        server.should_exit = True
+        for task in tasks:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 2)
+        self.engine.close()
+        await self.store.close()
+
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handlers: the runtime owns the process."""
+
+    def install_signal_handlers(self) -> None:
+        return None
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Any:
+        yield
+
+
+async def _guard_server(server: uvicorn.Server) -> None:
+    """A failed bind must not stop reconciliation: log and retry."""
+    while True:
+        try:
+            await server.serve()
+            return
+        except (OSError, SystemExit) as err:
+            _LOGGER.error("API server failed (%s); retrying in 5 s", err)
+            await asyncio.sleep(5)
+
+
+def _os_version() -> str:
+    try:
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                return line.split("=", 1)[1].strip('"')
+    except OSError:
+        pass
+    return "unknown"
+
+
+def run_supervisor(settings: Settings) -> int:
+    logging.basicConfig(
+        level=getattr(logging, settings.log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # transitions logs every callback at INFO and warns about our declared trigger stubs
+    logging.getLogger("transitions").setLevel(logging.ERROR)
+    runtime = Runtime(settings)
+    try:
+        asyncio.run(runtime.run())
+    except SupervisorError as err:
+        _LOGGER.error("%s", err)
+        return 1
+    return 0
