@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from jeepney import DBusAddress, DBusErrorResponse, new_method_call, unwrap_msg
+from jeepney import DBusAddress, DBusErrorResponse, new_method_call
 from jeepney.bus_messages import message_bus
 from jeepney.io import asyncio as jasyncio
 from jeepney.io import blocking as jblocking
+from jeepney.wrappers import unwrap_msg
 
 from supervisor.errors import SupervisorError
 

@@ -161,13 +161,16 @@ def _decode_proxy(raw: Mapping[str, Any], at: str = "") -> tuple[dict[str, Any] 
                                                                   list[str]]:
     """`ProxyConfig`: type, ip, port required; login, password optional; extras dropped."""
     errors = []
-    if raw.get("type", _UNDEFINED) not in PROXY_TYPES:
-        errors.append(f"{_TYPE_UNION}\nat {at}type but instead got: {_js(raw.get('type'))}")
+    def got(key: str) -> str:
+        return _js(raw.get(key, _UNDEFINED))
+
+    if raw.get("type") not in PROXY_TYPES:
+        errors.append(f"{_TYPE_UNION}\nat {at}type but instead got: {got('type')}")
     if not isinstance(raw.get("ip"), str):
-        errors.append(f"Expecting string at {at}ip but instead got: {_js(raw.get('ip'))}")
+        errors.append(f"Expecting string at {at}ip but instead got: {got('ip')}")
     if _numeric_id(raw.get("port")) is None:
         errors.append(f"Expecting NumericIdentifier at {at}port but instead got: "
-                      f"{_js(raw.get('port'))} (must be be an positive integer)")
+                      f"{got('port')} (must be be an positive integer)")
     for key in AUTH_FIELDS:
         if key in raw and not isinstance(raw[key], str):
             errors.append(f"Expecting string at {at}{key} but instead got: {_js(raw[key])}")
@@ -291,8 +294,9 @@ def validate_patch(body: object) -> HostConfigPatch:
     proxy: dict[str, Any] | None = None
     no_proxy: tuple[str, ...] | None = None
     if isinstance(network.get("proxy"), dict):
-        proxy = {k: v for k, v in network["proxy"].items()
-                 if k != "noProxy" and k not in _LOCAL_ONLY}
+        # Unsupported keys stay: they make the patch non-empty (so it is a merge, not a
+        # removal) and are dropped when the merged proxy is written.
+        proxy = {k: v for k, v in network["proxy"].items() if k != "noProxy"}
         raw_no_proxy = network["proxy"].get("noProxy")
         if raw_no_proxy is not None:
             # A non-list noProxy clears the file, as upstream's unlink did.

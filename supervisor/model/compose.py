@@ -38,11 +38,13 @@ LOCK_MOUNTS = ("/tmp/resin", "/tmp/balena")
 CONTAINER_DOCKER_SOCKET = "/host/run/balena-engine.sock"
 
 __all__ = [
-    "HASH_LABEL", "ContainerSpec", "DeviceContext", "DeviceMapping", "Healthcheck",
-    "NetworkConfig", "NetworkSpec", "PortBinding", "ServiceConfig", "ServiceNetwork", "Ulimit",
-    "VolumeConfig", "VolumeMount", "VolumeSpec", "app_networks", "container_spec",
-    "network_spec", "parse_composition", "parse_container_name", "parse_network_config",
-    "parse_volume_config", "volume_spec", "wants_supervisor_api",
+    "HASH_LABEL", "ContainerName", "ContainerSpec", "DeviceContext", "DeviceMapping",
+    "Healthcheck", "IpamPool", "NetworkConfig", "NetworkSpec", "PortBinding", "ServiceConfig",
+    "ServiceNetwork", "Ulimit", "VolumeConfig", "VolumeMount", "VolumeSpec", "app_networks",
+    "container_spec", "is_handover_name", "network_config_hash", "network_spec",
+    "normalize_labels", "parse_composition", "parse_container_name", "parse_network_config",
+    "parse_volume_config", "service_labels", "truthy", "volume_config_hash", "volume_spec",
+    "wants_supervisor_api",
 ]
 
 

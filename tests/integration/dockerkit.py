@@ -12,6 +12,7 @@ import io
 import os
 import subprocess
 import tarfile
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -212,22 +213,36 @@ def push_random_image(
 # ------------------------------------------------------------------------------ cleanup
 
 
-def _ignore_missing(fn: Any, *args: Any, **kwargs: Any) -> None:
+def _attempt(errors: list[str], fn: Any, *args: Any, **kwargs: Any) -> None:
     try:
         fn(*args, **kwargs)
     except docker.errors.NotFound:
         pass  # gone already (auto-removed, or removed by the supervisor meanwhile)
+    except docker.errors.APIError as exc:
+        errors.append(str(exc))  # e.g. 409 while a removal is still in progress: try again
+
+
+def _cleanup_pass(client: docker.DockerClient) -> list[str]:
+    flt = {"label": SUPERVISED_LABEL}
+    errors: list[str] = []
+    for container in client.containers.list(all=True, filters=flt):
+        _attempt(errors, container.remove, force=True, v=True)
+    for network in client.networks.list(filters=flt):
+        _attempt(errors, network.reload)
+        for cid in network.attrs.get("Containers") or {}:
+            _attempt(errors, network.disconnect, cid, force=True)
+        _attempt(errors, network.remove)
+    for volume in client.volumes.list(filters=flt):
+        _attempt(errors, volume.remove, force=True)
+    return errors
 
 
 def cleanup_supervised(client: docker.DockerClient) -> None:
     """Force-remove every container, network and volume labelled io.balena.supervised."""
-    flt = {"label": SUPERVISED_LABEL}
-    for container in client.containers.list(all=True, filters=flt):
-        _ignore_missing(container.remove, force=True, v=True)
-    for network in client.networks.list(filters=flt):
-        _ignore_missing(network.reload)
-        for cid in (network.attrs.get("Containers") or {}):
-            _ignore_missing(network.disconnect, cid, force=True)
-        _ignore_missing(network.remove)
-    for volume in client.volumes.list(filters=flt):
-        _ignore_missing(volume.remove, force=True)
+    errors: list[str] = []
+    for _ in range(5):
+        errors = _cleanup_pass(client)
+        if not errors:
+            return
+        time.sleep(0.5)
+    raise RuntimeError("cannot remove supervised objects: " + "; ".join(errors))

@@ -133,7 +133,7 @@ def test_invalid_profiles_are_rejected(doc: dict[str, object], complaint: str) -
 
 def test_broken_toml_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_text("slug = ")
-    with pytest.raises(ConfigError, match="bad.toml"):
+    with pytest.raises(ConfigError, match=r"bad\.toml"):
         load_board("bad", tmp_path)
 
 

@@ -73,7 +73,7 @@ def env_of(spec: Any) -> dict[str, str]:
     ("library/busybox:1.36", "library/busybox:1.36"),
     ("127.0.0.1:5000/balena-py/demo", "127.0.0.1:5000/balena-py/demo:latest"),
     ("localhost:5000/x:tag@sha256:abcd", "localhost:5000/x@sha256:abcd"),
-    ("registry2.balena-cloud.com/v2/9e2d@sha256:1df4", "registry2.balena-cloud.com/v2/9e2d@sha256:1df4"),
+    ("reg.balena-cloud.com/v2/9e2d@sha256:1df4", "reg.balena-cloud.com/v2/9e2d@sha256:1df4"),
 ])
 def test_normalise_image_name(name: str, expected: str) -> None:
     assert normalise_image_name(name) == expected
