@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -176,14 +177,20 @@ class Reconciler:
             _LOGGER.warning("apply failed (%d in a row), retrying in %.1f s: %s",
                             self.state.failures, delay, err)
         self._publish()
-        await self._sleep(delay)
+        lock_path = cause.path if isinstance(cause, UpdatesLocked) else None
+        await self._sleep(delay, until_gone=lock_path)
 
-    async def _sleep(self, seconds: float) -> None:
-        """Sleep, but wake early for a new target or a forced update."""
+    async def _sleep(self, seconds: float, *, until_gone: str | None = None) -> None:
+        """Sleep, but wake early for a new target, a forced update, or (when an update lock
+        blocked us) as soon as that lock file is gone: a released lock resumes in < 1 s."""
+        waits = [asyncio.ensure_future(self._wait_for_target())]
+        if until_gone is not None:
+            waits.append(asyncio.ensure_future(_gone(until_gone)))
         try:
-            await asyncio.wait_for(self._wait_for_target(), seconds)
-        except TimeoutError:
-            pass
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
 
     async def _wait_for_target(self) -> None:
         while not (self._target_changed or self._force):
@@ -192,6 +199,11 @@ class Reconciler:
             if not (self._target_changed or self._force):
                 # a docker event or an API nudge: keep sleeping the backoff out
                 continue
+
+
+async def _gone(path: str) -> None:
+    while await asyncio.to_thread(os.path.lexists, path):
+        await asyncio.sleep(0.5)
 
 
 def _pretty(seconds: float) -> str:

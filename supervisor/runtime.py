@@ -236,7 +236,8 @@ class Runtime:
             locked_apps=self.locks.held_apps(),
             lock_leftovers=await self.locks.leftover_apps(),
             commits=dict(self.commits),
-            keep_images=self.local_mode,
+            # only images we pulled are ever removed, so local mode's built images are safe
+            keep_images=False,
             keep_volumes=self.local_mode,
             reboot_required=self.breadcrumb.is_required(self._boot_time),
             boot_time=boot,
@@ -281,6 +282,8 @@ class Runtime:
         await self.store.global_api_key()
         self.host = await asyncio.to_thread(choose_host_actions, s.host_actions, None,
                                             self._record_host_action)
+        if self.host.name != "systemd":
+            self.host = _SimulatedReboot(self.host, self._simulated_reboot)
         self.engine = AsyncEngine(DockerEngine(s.docker_host))
         for entry in await self.store.journal_open():
             _LOGGER.warning("step %s was interrupted by a restart", entry.kind)
@@ -304,10 +307,37 @@ class Runtime:
         self.reconciler = Reconciler(
             observe=self._observe, target=lambda: self.target, context=self.plan_context,
             executor=executor, publish=self.publish, log=self.log,
+            on_settled=self._on_settled,
         )
         await self._load_target()
         self.publish()
         self.log("Supervisor starting")
+
+    async def _on_settled(self) -> None:
+        """Everything applied: reboot now if a change asked for it (engine.md §10)."""
+        if not self.breadcrumb.is_required(self._boot_time):
+            return
+        apps = sorted({c.app_id for c in self.reconciler.current.containers}
+                      if self.reconciler.current else set())
+        taken: list[int] = []
+        try:
+            for app_id in apps:
+                services = {c.service_name for c in self.reconciler.current.containers_of(app_id)}
+                await self.locks.take(app_id, sorted(services), force=False)
+                taken.append(app_id)
+            self.log("Rebooting")
+            await self.host.reboot()
+        except SupervisorError as err:
+            self.log(f"Reboot postponed: {err}")
+        finally:
+            for app_id in taken:
+                await self.locks.release(app_id)
+
+    def _simulated_reboot(self) -> None:
+        """A dry-run reboot: behave as a device that just booted (new boot time), so what
+        waited for a reboot (requires-reboot services) proceeds. Nothing is restarted."""
+        self._boot_time = time.time()
+        self.reconciler.mark_dirty()
 
     async def _observe(self) -> Current:
         current = await self.engine.observe()
@@ -357,6 +387,22 @@ class Runtime:
         self.engine.close()
         await self.store.close()
 
+
+
+class _SimulatedReboot:
+    """Wraps a non-systemd backend so that a recorded reboot moves the boot time forward."""
+
+    def __init__(self, inner: HostActions, rebooted: Any) -> None:
+        self._inner = inner
+        self._rebooted = rebooted
+        self.name = inner.name
+
+    async def reboot(self) -> None:
+        await self._inner.reboot()
+        self._rebooted()
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._inner, attr)
 
 
 class _Server(uvicorn.Server):

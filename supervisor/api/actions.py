@@ -1,23 +1,30 @@
 """Intents the API asks for, carried out through the runtime: mark the loop dirty, set a
-target, take locks, blink. Handlers never call Docker; these methods only ask the parts that
-own Docker, SQLite and the host to act.
+target, restart or purge apps, take locks, reboot, blink. Handlers never call Docker; these
+methods ask the parts that own Docker (through the engine runner), SQLite and the host to act.
 
 Used by: every POST/PATCH route of api/v1.py and api/v2.py (through the `Actions` protocol of
-api/context.py); `RuntimeApi` is the `ApiContext` the routes read.
+api/context.py); `RuntimeApi` is the `ApiContext` the routes read. Container work lives in
+`app_actions.py`, device-wide work in `device_actions.py`, both serialised by one
+`exclusive.ActionGate`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from supervisor.api.context import JournalParams, KeyRecord, ServiceAction
-from supervisor.errors import BadRequest, NotFound, SupervisorError
+from supervisor.api.local_target import local_target_state
+from supervisor.app_actions import AppActions
+from supervisor.device_actions import DeviceActions
+from supervisor.errors import NotFound
+from supervisor.exclusive import ActionGate
+from supervisor.journal import open_journal
 from supervisor.model.current import Snapshot
-from supervisor.model.target import parse_local_target, to_v3
+from supervisor.model.target import parse_local_target
+from supervisor.volume_cleanup import cleanup_volumes
 
 if TYPE_CHECKING:
     from supervisor.runtime import Runtime
@@ -60,76 +67,61 @@ class RuntimeApi:
 
 
 class RuntimeActions:
+    """`api.context.Actions` on the real runtime."""
+
     def __init__(self, runtime: Runtime) -> None:
         self._rt = runtime
+        self.gate = ActionGate(runtime)
+        self.apps = AppActions(runtime, self.gate)
+        self.device = DeviceActions(runtime, self.gate)
 
     async def update(self, force: bool, cancel: bool) -> bool:
-        rt = self._rt
-        if cancel:
-            rt.reconciler.target_changed(force=force)
-        else:
-            rt.reconciler.mark_dirty(force=force)
-        return True
+        return await self.device.update(force, cancel)
 
     async def blink(self) -> None:
         await self._rt.led.blink(self._rt.settings.blink_seconds)
 
     async def reboot(self, force: bool) -> None:
-        await self._host_power("reboot", force)
+        await self.device.power("reboot", force)
 
     async def shutdown(self, force: bool) -> None:
-        await self._host_power("shutdown", force)
-
-    async def _host_power(self, action: str, force: bool) -> None:
-        rt = self._rt
-        apps = sorted({c.app_id for c in rt.snapshot.current.containers})
-        taken = []
-        try:
-            for app_id in apps:
-                services = sorted({c.service_name for c in rt.snapshot.current.containers_of(app_id)})
-                await rt.locks.take(app_id, services, force=force)
-                taken.append(app_id)
-        except SupervisorError:
-            for app_id in taken:
-                await rt.locks.release(app_id)
-            raise
-        rt.log("Rebooting" if action == "reboot" else "Shutting down")
-
-        async def later() -> None:
-            await asyncio.sleep(0.1)  # reply first, as upstream does
-            try:
-                await (rt.host.reboot() if action == "reboot" else rt.host.shutdown())
-            finally:
-                for app_id in taken:
-                    await rt.locks.release(app_id)
-
-        rt._spawn(later())
+        await self.device.power("shutdown", force)
 
     async def restart_app(self, app_id: int, force: bool) -> None:
-        raise SupervisorError("restart is not implemented yet")
+        await self.apps.restart(app_id, force)
 
     async def purge_app(self, app_id: int, force: bool) -> None:
-        raise SupervisorError("purge is not implemented yet")
+        await self.apps.purge(app_id, force)
 
     async def service_action(self, action: ServiceAction, app_id: int,
                              service_name: str | None, image_id: int | None,
                              force: bool) -> None:
-        raise SupervisorError("service actions are not implemented yet")
+        await self.apps.service_action(action, app_id, service_name, image_id, force)
 
     async def v1_stop(self, app_id: int, force: bool) -> str:
-        raise SupervisorError("not implemented yet")
+        return await self.apps.v1_action("stop", app_id, force)
 
     async def v1_start(self, app_id: int) -> str:
-        raise SupervisorError("not implemented yet")
+        return await self.apps.v1_action("start", app_id, False)
 
     async def regenerate_api_key(self, old_key: str) -> str:
-        return await self._rt.store.regenerate_api_key(old_key)
+        """The old key dies at once. A service's scoped key reaches its container through the
+        injected BALENA_SUPERVISOR_API_KEY, which is part of the container's config hash: the
+        next apply recreates the container. We do not trigger that apply here, so that the
+        caller gets to read its new key first (upstream: "on the next update cycle"). A new
+        global key reaches the cloud with the next state report (`api_secret`)."""
+        rt = self._rt
+        new_key = await rt.store.regenerate_api_key(old_key)  # NotFound for an unknown key
+        if rt.target is not None:
+            # refresh the keys the container specs inject (runtime-private helper; see report)
+            await rt._ensure_scoped_keys(rt.target)
+        return new_key
 
     async def get_host_config(self) -> dict[str, Any]:
-        raise SupervisorError("not implemented yet")
+        return await self.device.get_host_config()
 
     async def patch_host_config(self, body: object, force: bool) -> None:
-        raise SupervisorError("not implemented yet")
+        await self.device.patch_host_config(body, force)
 
     async def health(self) -> tuple[bool, str]:
         rt = self._rt
@@ -143,15 +135,15 @@ class RuntimeActions:
 
     async def set_local_target(self, body: object, force: bool) -> None:
         rt = self._rt
-        target = parse_local_target(body, device_uuid=rt.settings.uuid)
+        target = parse_local_target(body, device_uuid=rt.settings.uuid,
+                                    device_name=rt.device_name)
         await rt.set_target(target, source="local", force=force)
 
     async def get_local_target(self) -> dict[str, Any]:
         rt = self._rt
-        if rt.target is None:
-            return {"local": {"name": rt.device_name, "config": {}, "apps": {}}}
-        body = to_v3(rt.target)
-        return body
+        source = "local" if rt.local_mode else rt.settings.api_endpoint
+        return local_target_state(rt.target, device_name=rt.device_name, source=source,
+                                  image_ids=rt.image_ids)
 
     async def get_tags(self) -> list[dict[str, Any]]:
         raise NotFound("device tags need a cloud connection")
@@ -163,7 +155,7 @@ class RuntimeActions:
         return False, False
 
     async def cleanup_volumes(self, app_ids: frozenset[int] | None) -> list[str]:
-        raise SupervisorError("not implemented yet")
+        return await cleanup_volumes(self._rt, app_ids)
 
     async def journal_logs(self, params: JournalParams) -> AsyncIterator[bytes]:
-        raise BadRequest("journalctl is not available on this device")
+        return await open_journal(params)

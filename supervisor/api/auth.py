@@ -37,7 +37,7 @@ class Auth:
 
 def key_from_request(query_string: bytes, authorization: str | None) -> str:
     """`?apikey=` (exact name, non-empty) wins over `Authorization: ApiKey|Bearer <\\w+>`."""
-    if query_string and b"apikey" in query_string:
+    if query_string:
         values = [v for k, v in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
                   if k == "apikey"]
         # Express' qs turns a repeated parameter into an array, which is not a key.

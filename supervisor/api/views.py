@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from supervisor.errors import BadRequest
 from supervisor.model.current import ContainerInfo, ServiceView, Snapshot
+from supervisor.model.steps import describe
 
 TEXT = "text/plain; charset=utf-8"  # Express res.sendStatus()
 HTML = "text/html; charset=utf-8"  # Express res.send('string')
@@ -288,12 +289,13 @@ def _image_entries(snapshot: Snapshot, apps: Apps) -> list[dict[str, Any]]:
     """`images[]` of `/v2/state/status`: one per service image, plus other transfers in flight."""
     progress = {img.name: img for img in snapshot.images}
     containers: dict[str, ContainerInfo] = {c.id: c for c in snapshot.current.containers}
-    seen: set[tuple[int, str]] = set()
+    seen: set[tuple[int, str, str]] = set()  # upstream keeps one image row per service
     out: list[dict[str, Any]] = []
     for svc in snapshot.services:
-        if not _in_scope(apps, svc.app_id) or (svc.app_id, svc.image) in seen:
+        key = (svc.app_id, svc.service_name, svc.image)
+        if not _in_scope(apps, svc.app_id) or key in seen:
             continue
-        seen.add((svc.app_id, svc.image))
+        seen.add(key)
         local = snapshot.current.image_by_ref(svc.image)
         container = containers.get(svc.container_id or "")
         docker_id = local.id if local else (container.image if container else None)
@@ -311,7 +313,7 @@ def _image_entries(snapshot: Snapshot, apps: Apps) -> list[dict[str, Any]]:
             "imageId": svc.image_id, "dockerImageId": docker_id, "status": status,
         }) | {"downloadProgress": pct})
     for img in snapshot.images:
-        if _in_scope(apps, img.app_id) and (img.app_id, img.name) not in seen:
+        if _in_scope(apps, img.app_id) and (img.app_id, img.service_name, img.name) not in seen:
             out.append({"name": img.name, "appId": img.app_id, "serviceName": img.service_name,
                         "status": img.status, "downloadProgress": img.progress})
     return out
@@ -357,9 +359,7 @@ def container_id_map(snapshot: Snapshot, apps: Apps) -> dict[str, Any]:
 
 def plan_view(snapshot: Snapshot, apps: Apps) -> dict[str, Any]:
     """`GET /v2/plan`: the steps the reconciler would apply next (ours, not upstream's)."""
-    from supervisor.model.steps import describe  # heavy import, only when a plan exists
-
-    steps = [describe(step) for step in snapshot.plan] if snapshot.plan else []
+    steps = [describe(step) for step in snapshot.plan]
     return {
         "status": "success",
         "applying": snapshot.apply_in_progress,

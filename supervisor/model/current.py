@@ -85,7 +85,8 @@ class ContainerInfo:
 
     @property
     def ever_started(self) -> bool:
-        return bool(self.started_at) and not self.started_at.startswith("0001-")
+        started = self.started_at or ""
+        return started != "" and not started.startswith("0001-")
 
 
 @dataclass(frozen=True, slots=True)

@@ -177,6 +177,7 @@ def test_key_from_request_unit() -> None:
     assert key_from_request(b"", "Token zzz") == ""
     assert key_from_request(b"", None) == ""
     assert key_from_request(b"apikey=a%20b", None) == "a b"
+    assert key_from_request(b"%61pikey=abc", None) == "abc"  # qs decodes names too
 
 
 def test_allowed_apps_forms() -> None:

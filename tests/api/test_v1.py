@@ -7,7 +7,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from supervisor.api.context import APP_NOT_FOUND, TARGET_SERVICE_NOT_FOUND, V2_SERVICE_ENDPOINT_ERROR
+from supervisor.api.context import (
+    APP_NOT_FOUND,
+    TARGET_SERVICE_NOT_FOUND,
+    V2_SERVICE_ENDPOINT_ERROR,
+)
 from supervisor.errors import BadRequest, EngineError, NotFound, UpdatesLocked
 from tests.api.fakes import (
     APP1_KEY,

@@ -1,0 +1,242 @@
+"""Update locks and update strategies on the real engine (spec locks.md, engine.md §8).
+
+Images are pulled from the local registry so that the order of Docker events (pull, kill,
+start, image delete) shows what each strategy does.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from tests.integration.dockerkit import push_random_image
+from tests.integration.supervisor_proc import SupervisorProc, local_target
+
+SLEEP = ["sh", "-c", "while true; do sleep 1; done"]
+SUPERVISOR_UID = 65534
+
+
+def containers(client: docker.DockerClient, service: str = "a") -> list[Any]:
+    return client.containers.list(all=True, filters={
+        "label": ["io.balena.supervised", f"io.balena.service-name={service}"]})
+
+
+def running_image(client: docker.DockerClient, image: str, service: str = "a") -> bool:
+    found = containers(client, service)
+    return len(found) == 1 and found[0].status == "running" and image in found[0].image.tags
+
+
+@pytest.fixture
+def sup(tmp_path: Path, docker_client: docker.DockerClient) -> Any:
+    procs: list[SupervisorProc] = []
+
+    def make(target: dict[str, Any] | None = None, **kw: Any) -> SupervisorProc:
+        proc = SupervisorProc(tmp_path / f"sup{len(procs)}", target=target, **kw)
+        procs.append(proc)
+        return proc.start()
+
+    yield make
+    for proc in procs:
+        proc.stop()
+
+
+@pytest.fixture
+def two_images(docker_client: docker.DockerClient) -> Any:
+    stamp = f"{os.getpid()}-{time.time_ns()}"
+    first = push_random_image(docker_client, "balena-py/lock-a", 8, tag=f"v1-{stamp}")
+    second = push_random_image(docker_client, "balena-py/lock-a", 8, tag=f"v2-{stamp}")
+    yield first, second
+    for ref in (first, second):
+        try:
+            docker_client.images.remove(ref, force=True)
+        except docker.errors.ImageNotFound:
+            pass
+
+
+def service(image: str, strategy: str | None = None, **extra: Any) -> dict[str, Any]:
+    labels = {"io.balena.update.strategy": strategy} if strategy else {}
+    labels.update(extra.pop("labels", {}))
+    return {"image": image, "command": extra.pop("command", SLEEP), "labels": labels, **extra}
+
+
+def events(client: docker.DockerClient, since: int) -> list[dict[str, Any]]:
+    return list(client.api.events(since=since, until=int(time.time()) + 1, decode=True))
+
+
+def first(evts: list[dict[str, Any]], kind: str, action: str, match: Any) -> int:
+    for index, evt in enumerate(evts):
+        if evt.get("Type") == kind and evt.get("Action") == action and match(evt):
+            return index
+    raise AssertionError(f"no {kind} {action} event in {[(e.get('Type'), e.get('Action')) for e in evts]}")
+
+
+def update_and_order(sup: Any, client: docker.DockerClient, images: tuple[str, str],
+                     strategy: str, **extra: Any) -> tuple[dict[str, int], SupervisorProc]:
+    img1, img2 = images
+    proc = sup(local_target({"a": service(img1, strategy)}))
+    proc.wait_for(lambda: running_image(client, img1), what="v1 running", timeout=90)
+    proc.wait_for(lambda: proc.status()["appState"] == "applied", what="v1 applied")
+    old = containers(client)[0]
+    old_image = old.image.id
+    since = int(time.time()) - 1
+    proc.post_target(local_target({"a": service(img2, strategy, **extra)}, commit="c0ffee02",
+                                  release_id=2))
+    proc.wait_for(lambda: running_image(client, img2), what="v2 running", timeout=120)
+    proc.wait_for(lambda: proc.status()["appState"] == "applied", what="v2 applied")
+    time.sleep(1)
+    evts = events(client, since)
+    order = {
+        "pull": first(evts, "image", "pull", lambda e: e["id"] == img2),
+        "old_killed": first(evts, "container", "destroy", lambda e: e["id"] == old.id),
+        "new_started": first(evts, "container", "start",
+                             lambda e: e["Actor"]["Attributes"].get("io.balena.service-name") == "a"
+                             and e["id"] != old.id),
+        "old_image_removed": first(evts, "image", "delete", lambda e: e["id"] == old_image),
+    }
+    return order, proc
+
+
+def test_download_then_kill_order(sup: Any, docker_client: Any, two_images: Any) -> None:
+    o, _ = update_and_order(sup, docker_client, two_images, "download-then-kill")
+    assert o["pull"] < o["old_killed"] < o["new_started"], o
+    assert o["old_killed"] < o["old_image_removed"], o
+
+
+def test_kill_then_download_order(sup: Any, docker_client: Any, two_images: Any) -> None:
+    o, _ = update_and_order(sup, docker_client, two_images, "kill-then-download")
+    assert o["old_killed"] < o["pull"] < o["new_started"], o
+
+
+def test_delete_then_download_order(sup: Any, docker_client: Any, two_images: Any) -> None:
+    o, _ = update_and_order(sup, docker_client, two_images, "delete-then-download")
+    assert o["old_killed"] < o["old_image_removed"] < o["pull"] < o["new_started"], o
+
+
+def test_hand_over_waits_for_the_file(sup: Any, docker_client: Any, two_images: Any) -> None:
+    # the new container signals completion after 3 s; the timeout (60 s) is far away
+    cmd = ["sh", "-c", "sleep 3; touch /tmp/balena/handover-complete; "
+           "while true; do sleep 1; done"]
+    started = time.monotonic()
+    o, _ = update_and_order(sup, docker_client, two_images, "hand-over", command=cmd)
+    assert o["pull"] < o["new_started"] < o["old_killed"], o
+    assert time.monotonic() - started >= 3
+
+
+def test_hand_over_without_file_waits_for_timeout(
+    sup: Any, docker_client: Any, two_images: Any
+) -> None:
+    img1, img2 = two_images
+    labels = {"io.balena.update.handover-timeout": "4000"}
+    proc = sup(local_target({"a": service(img1, "hand-over", labels=labels)}))
+    proc.wait_for(lambda: running_image(docker_client, img1), what="v1", timeout=90)
+    proc.wait_for(lambda: proc.status()["appState"] == "applied", what="v1 applied")
+    proc.post_target(local_target({"a": service(img2, "hand-over", labels=labels)},
+                                  commit="c0ffee02", release_id=2))
+    # both run side by side until the timeout
+    proc.wait_for(lambda: len([c for c in containers(docker_client) if c.status == "running"]) == 2,
+                  what="both running", timeout=90)
+    both = time.monotonic()
+    proc.wait_for(lambda: running_image(docker_client, img2), what="old killed", timeout=30)
+    assert time.monotonic() - both >= 2.5
+
+
+def test_user_lock_blocks_kill_until_released(
+    sup: Any, docker_client: Any, base_image: str, tmp_path: Path
+) -> None:
+    proc = sup(local_target({"a": service(base_image, "kill-then-download")}))
+    proc.wait_for(lambda: len(containers(docker_client)) == 1
+                  and containers(docker_client)[0].status == "running", what="running")
+    proc.wait_for(lambda: proc.status()["appState"] == "applied", what="applied")
+    old = containers(docker_client)[0]
+    # the app takes its lock from inside its container, as the docs tell app developers
+    assert old.exec_run(["sh", "-c", "touch /tmp/balena/updates.lock"]).exit_code == 0
+    lock = tmp_path / "sup0" / "locks" / "services" / "1" / "a" / "updates.lock"
+    assert lock.exists()
+    proc.post_target(local_target({"a": service(base_image, "kill-then-download",
+                                                environment={"V": "2"})},
+                                  commit="c0ffee02", release_id=2))
+    time.sleep(6)
+    old.reload()
+    assert old.status == "running", "a user lock must block the kill"
+    logs = proc.log()
+    assert "Updates are locked" in logs
+    locks = proc.client.get("/v2/locks").json()
+    assert any(lk["owner"] == "user" and lk["serviceName"] == "a" for lk in
+               (locks["locks"] if isinstance(locks, dict) else locks))
+    released = time.monotonic()
+    lock.unlink()
+    proc.wait_for(lambda: [c for c in containers(docker_client) if c.id != old.id
+                           and c.status == "running"], what="updated", timeout=30)
+    assert time.monotonic() - released < 10
+
+
+def test_force_overrides_user_lock(sup: Any, docker_client: Any, base_image: str,
+                                   tmp_path: Path) -> None:
+    proc = sup(local_target({"a": service(base_image)}))
+    proc.wait_for(lambda: proc.status()["appState"] == "applied"
+                  and containers(docker_client), what="applied")
+    old = containers(docker_client)[0]
+    assert old.exec_run(["sh", "-c", "touch /tmp/balena/updates.lock"]).exit_code == 0
+    body = local_target({"a": service(base_image, environment={"V": "2"})}, commit="c0ffee02",
+                        release_id=2)
+    body["force"] = True
+    proc.post_target(body)
+    proc.wait_for(lambda: [c for c in containers(docker_client) if c.id != old.id
+                           and c.status == "running"], what="forced update", timeout=30)
+
+
+def test_supervisor_locks_held_during_kill_and_gone_after(
+    sup: Any, docker_client: Any, base_image: str, tmp_path: Path
+) -> None:
+    # SIGTERM ignored: the kill waits the 3 s stop grace period, long enough to look
+    slow = ["sh", "-c", "trap '' TERM; while true; do sleep 1; done"]
+    svcs = {"a": service(base_image, command=slow, stop_grace_period="3s"),
+            "b": service(base_image)}
+    proc = sup(local_target(svcs))
+    proc.wait_for(lambda: proc.status()["appState"] == "applied"
+                  and len(containers(docker_client, "a")) == 1, what="applied")
+    root = tmp_path / "sup0" / "locks" / "services" / "1"
+    changed = {"a": service(base_image, command=slow, stop_grace_period="3s",
+                            environment={"V": "2"}), "b": service(base_image)}
+    proc.post_target(local_target(changed, commit="c0ffee02", release_id=2))
+    seen = False
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not seen:
+        files = [root / s / n for s in ("a", "b") for n in ("updates.lock", "resin-updates.lock")]
+        if all(f.exists() for f in files):
+            assert all(f.lstat().st_uid == SUPERVISOR_UID for f in files)
+            seen = True
+        time.sleep(0.05)
+    assert seen, "supervisor locks never seen on every service"
+    proc.wait_for(lambda: proc.status()["appState"] == "applied", what="applied", timeout=60)
+    time.sleep(0.5)
+    assert not list(root.glob("*/*updates.lock"))
+
+
+def test_crash_while_holding_locks_leaves_none(
+    sup: Any, docker_client: Any, base_image: str, tmp_path: Path
+) -> None:
+    slow = ["sh", "-c", "trap '' TERM; while true; do sleep 1; done"]
+    proc = sup(local_target({"a": service(base_image, command=slow, stop_grace_period="10s")}))
+    proc.wait_for(lambda: proc.status()["appState"] == "applied"
+                  and containers(docker_client), what="applied")
+    root = tmp_path / "sup0" / "locks" / "services" / "1" / "a"
+    proc.post_target(local_target({"a": service(base_image, command=slow,
+                                                stop_grace_period="10s",
+                                                environment={"V": "2"})},
+                                  commit="c0ffee02", release_id=2))
+    proc.wait_for(lambda: (root / "updates.lock").exists(), what="locks taken")
+    proc.kill(signal.SIGKILL)
+    again = SupervisorProc(proc.root, port=proc.port).start()
+    try:
+        again.wait_for(lambda: again.status()["appState"] == "applied", what="applied",
+                       timeout=60)
+        assert not list(root.glob("*updates.lock"))
+    finally:
+        again.stop()
