@@ -37,6 +37,7 @@ class LoopState:
     failures: int = 0
     last_error: str | None = None
     last_error_locked: UpdatesLocked | None = None
+    locked_since: float | None = None  # wall clock, when a user lock first held us back
     plan: tuple[Step, ...] = ()
     heartbeat: float = 0.0
     apply_started: float = 0.0
@@ -154,6 +155,7 @@ class Reconciler:
         self.state.failures = 0
         self.state.last_error = None
         self.state.last_error_locked = None
+        self.state.locked_since = None
         return steps
 
     _only_downloads: bool = False
@@ -163,6 +165,7 @@ class Reconciler:
         self.state.failures = 0
         self.state.last_error = None
         self.state.last_error_locked = None
+        self.state.locked_since = None
         self.state.last_success = time.monotonic()
 
     async def _failed(self, err: SupervisorError) -> None:
@@ -172,6 +175,8 @@ class Reconciler:
         self.state.last_error = str(err)
         if isinstance(cause, UpdatesLocked):
             self.state.last_error_locked = cause
+            if self.state.locked_since is None:
+                self.state.locked_since = time.time()
             self._log(f"Updates are locked, retrying in {_pretty(delay)}. Reason: {cause}")
         else:
             _LOGGER.warning("apply failed (%d in a row), retrying in %.1f s: %s",

@@ -117,7 +117,8 @@ class Runtime:
 
             err = state.last_error_locked
             lock_block = LockBlock(app_id=err.app_id or 0, service_name=err.service or "",
-                                   path=err.path or "", since=time.time())
+                                   path=err.path or "",
+                                   since=state.locked_since or time.time())
         self._snapshot = Snapshot(
             seq=self._seq,
             device=self._device,

@@ -343,6 +343,11 @@ def state_status(snapshot: Snapshot, apps: Apps) -> dict[str, Any]:
     commit = snapshot.commits.get(app_id) if app_id is not None else None
     if commit is not None:
         out["release"] = commit
+    block = snapshot.lock_block
+    if block is not None and _in_scope(apps, block.app_id):
+        # ours, beyond upstream: which update lock holds the current update back
+        out["blockedBy"] = {"appId": block.app_id, "serviceName": block.service_name,
+                            "path": block.path, "since": block.since}
     return out
 
 

@@ -166,6 +166,8 @@ def test_user_lock_blocks_kill_until_released(
     assert old.status == "running", "a user lock must block the kill"
     logs = proc.log()
     assert "Updates are locked" in logs
+    blocked = proc.status()["blockedBy"]
+    assert blocked["serviceName"] == "a" and blocked["path"].endswith("updates.lock")
     locks = proc.client.get("/v2/locks").json()
     assert any(lk["owner"] == "user" and lk["serviceName"] == "a" for lk in
                (locks["locks"] if isinstance(locks, dict) else locks))
@@ -240,3 +242,21 @@ def test_crash_while_holding_locks_leaves_none(
         assert not list(root.glob("*updates.lock"))
     finally:
         again.stop()
+
+
+def test_requires_reboot_starts_only_after_the_reboot(
+    sup: Any, docker_client: Any, base_image: str, tmp_path: Path
+) -> None:
+    labels = {"io.balena.update.requires-reboot": "1"}
+    proc = sup(local_target({"a": service(base_image, labels=labels)}))
+    proc.wait_for(lambda: containers(docker_client)
+                  and containers(docker_client)[0].status == "running",
+                  what="started after the (dry-run) reboot", timeout=60)
+    log = proc.log()
+    scheduled = log.index("Reboot has been scheduled to apply changes")
+    rebooted = log.index("Rebooting")
+    started = log.index("Started service 'a_")
+    assert scheduled < rebooted < started
+    assert (tmp_path / "sup0" / "state" / "reboot-after-apply").exists()
+    installed = log.index("Installed service 'a_")
+    assert installed < scheduled
