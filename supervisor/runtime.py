@@ -235,6 +235,7 @@ class Runtime:
                                   if d.status == "Downloading" and n in self._pulling),
             managed_images=managed,
             locked_apps=self.locks.held_apps(),
+            force=self.lock_override,
             lock_leftovers=await self.locks.leftover_apps(),
             commits=dict(self.commits),
             # only images we pulled are ever removed, so local mode's built images are safe
@@ -243,6 +244,16 @@ class Runtime:
             reboot_required=self.breadcrumb.is_required(self._boot_time),
             boot_time=boot,
         )
+
+    @property
+    def lock_override(self) -> bool:
+        """Device config SUPERVISOR_OVERRIDE_LOCK (or its legacy names): user locks ignored."""
+        config = self.target.config if self.target is not None else {}
+        for key, value in config.items():
+            bare = key.removeprefix("BALENA_").removeprefix("RESIN_")
+            if bare in ("SUPERVISOR_OVERRIDE_LOCK", "OVERRIDE_LOCK"):
+                return str(value).strip().lower() in ("1", "true", "on")
+        return False
 
     def _device_ctx_cached(self) -> DeviceContext:
         return self.device_context()

@@ -260,3 +260,19 @@ def test_requires_reboot_starts_only_after_the_reboot(
     assert (tmp_path / "sup0" / "state" / "reboot-after-apply").exists()
     installed = log.index("Installed service 'a_")
     assert installed < scheduled
+
+
+def test_override_lock_config_ignores_user_lock(
+    sup: Any, docker_client: Any, base_image: str
+) -> None:
+    proc = sup(local_target({"a": service(base_image)}))
+    proc.wait_for(lambda: proc.status()["appState"] == "applied"
+                  and containers(docker_client), what="applied")
+    old = containers(docker_client)[0]
+    assert old.exec_run(["sh", "-c", "touch /tmp/balena/resin-updates.lock"]).exit_code == 0
+    body = local_target({"a": service(base_image, environment={"V": "2"})}, commit="c0ffee02",
+                        release_id=2)
+    body["local"]["config"] = {"RESIN_SUPERVISOR_OVERRIDE_LOCK": "1"}
+    proc.post_target(body)
+    proc.wait_for(lambda: [c for c in containers(docker_client) if c.id != old.id
+                           and c.status == "running"], what="update despite the lock", timeout=30)
