@@ -8,17 +8,18 @@
 #   scripts/engine.sh down     stop what `up` started (main: every engine of this checkout)
 #
 # ENGINE_NAME=<name> (default main) selects a second engine for multi-device tests: it lives
-# under .state/docker-<name>/, has its own small bridge and address pool, no iptables rules of
-# its own, and no registry (it uses the main one on 127.0.0.1:5000). Progress goes to stderr.
-# See docs/engine.md.
+# under .state/docker-<name>/, has no default bridge (--bridge=none), no iptables rules, its own
+# address pool, and no registry (it uses the main one on 127.0.0.1:5000). Progress goes to
+# stderr. See docs/engine.md.
 set -euo pipefail
+# dockerd, iptables and ip live in sbin, which a non-login PATH may lack.
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 STATE="$REPO/.state"
 ENGINE_NAME=${ENGINE_NAME:-main}
-# At most 11 characters: the second engine's bridge is "bpy-<name>" (15 is Linux's limit).
-[[ $ENGINE_NAME =~ ^[a-z0-9][a-z0-9-]{0,10}$ ]] || {
-	echo "engine.sh: bad ENGINE_NAME '$ENGINE_NAME' (want [a-z0-9-], at most 11)" >&2
+[[ $ENGINE_NAME =~ ^[a-z0-9][a-z0-9-]{0,15}$ ]] || {
+	echo "engine.sh: bad ENGINE_NAME '$ENGINE_NAME' (want [a-z0-9-], at most 16)" >&2
 	exit 2
 }
 if [[ $ENGINE_NAME == main ]]; then DDIR="$STATE/docker"; else DDIR="$STATE/docker-$ENGINE_NAME"; fi
@@ -37,11 +38,11 @@ if ((${#EXEC} > 60)); then
 	SOCK="$RUNBASE/docker.sock"
 fi
 
-# A second engine's addresses: bridge 10.<200+k>.255.1/24, networks from 10.<200+k>.0.0/16.
-SEC_K=$(($(printf %s "$ENGINE_NAME" | cksum | cut -d' ' -f1) % 50))
-SEC_BRIDGE="bpy-$ENGINE_NAME"
-SEC_POOL="10.$((200 + SEC_K)).0.0/16"
-SEC_BRIDGE_ADDR="10.$((200 + SEC_K)).255.1/24"
+# The main engine's default bridge is ours, not docker0: a dockerd started with --bridge=none
+# or with default address pools deletes docker0 (even one that another dockerd uses).
+MAIN_BRIDGE=bpy-main
+# A second engine's networks come from its own 10.<200+k>.0.0/16 (see sec_pool).
+POOLFILE="$DDIR/pool"
 
 REG_ADDR=127.0.0.1:5000
 REG_DIR="$STATE/registry"
@@ -73,7 +74,7 @@ engine_answers() {
 	timeout 10 docker -H "$1" version --format '{{.Server.Version}}' >/dev/null 2>&1
 }
 
-# http_status URL [accept]: print the HTTP status (000 when nothing answers) and, on a
+# http_head URL [accept]: print the HTTP status (000 when nothing answers) and, on a
 # second line, the Docker-Content-Digest header. python3 is always there; curl may not be.
 http_head() {
 	python3 - "$@" <<'EOF'
@@ -90,13 +91,17 @@ except Exception:
     print("000"); print("")
 EOF
 }
-registry_answers() { [[ $(http_head "http://$REG_ADDR/v2/" | head -n1) == 200 ]]; }
+registry_answers() {
+	local out
+	out=$(http_head "http://$REG_ADDR/v2/")
+	[[ ${out%%$'\n'*} == 200 ]]
+}
 # registry_digest REPO TAG: the manifest digest the registry holds, or nothing.
 registry_digest() {
 	local out
 	out=$(http_head "http://$REG_ADDR/v2/$1/manifests/$2" \
 		"application/vnd.docker.distribution.manifest.v2+json")
-	[[ $(head -n1 <<<"$out") == 200 ]] && sed -n 2p <<<"$out"
+	[[ ${out%%$'\n'*} == 200 ]] && echo "${out#*$'\n'}"
 	return 0
 }
 
@@ -108,7 +113,7 @@ pid_alive() {
 	s=${s##*) }
 	[[ ${s:0:1} != Z ]]
 }
-cmdline_of() { tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null || true; }
+cmdline_of() { tr '\0' ' ' 2>/dev/null <"/proc/$1/cmdline" || true; }
 # pids_with NEEDLE: processes whose command line mentions NEEDLE (bash matching, so the
 # search itself never matches).
 pids_with() {
@@ -254,26 +259,77 @@ any_dockerd() {
 	return 1
 }
 
-# setup_secondary_net: the second engine's default bridge, and (when the main engine keeps
-# FORWARD at DROP, which with br_netfilter also filters bridged traffic) a rule letting its
-# containers talk to each other.
-setup_secondary_net() {
+# setup_main_bridge: the main engine's default bridge, with a subnet that no route on this
+# machine overlaps and that lies outside Docker's default pools (172.17-31.x, 192.168.x).
+setup_main_bridge() {
 	command -v ip >/dev/null || die "the ip command (iproute2) is needed"
-	ip link show "$SEC_BRIDGE" >/dev/null 2>&1 || ip link add name "$SEC_BRIDGE" type bridge
-	ip addr replace "$SEC_BRIDGE_ADDR" dev "$SEC_BRIDGE"
-	ip link set "$SEC_BRIDGE" up
-	secondary_forward_rule -I
+	ip link show "$MAIN_BRIDGE" >/dev/null 2>&1 || ip link add name "$MAIN_BRIDGE" type bridge
+	if [[ -z $(ip -4 -o addr show dev "$MAIN_BRIDGE") ]]; then
+		local cidr
+		cidr=$(ip -4 -o route show | python3 -c '
+import ipaddress, sys
+routes = [ipaddress.ip_network(l.split()[0]) for l in sys.stdin if l.split()[0] != "default"]
+for cidr in ("172.16.0.1/16", "10.199.0.1/16", "10.198.0.1/16"):
+    net = ipaddress.ip_interface(cidr).network
+    if not any(net.overlaps(r) for r in routes):
+        print(cidr)
+        break
+') || true
+		[[ -n $cidr ]] || die "no free subnet for $MAIN_BRIDGE"
+		ip addr add "$cidr" dev "$MAIN_BRIDGE"
+		log "bridge $MAIN_BRIDGE: $cidr"
+	fi
+	ip link set "$MAIN_BRIDGE" up
 }
-# secondary_forward_rule -I|-D: add (once) or remove the ACCEPT rule in DOCKER-USER.
+
+# sec_pool: this second engine's address pool, chosen once (the first 10.<200+k>.0.0/16 that
+# no other engine of the checkout has) and kept in .state/docker-<name>/pool.
+sec_pool() {
+	if [[ ! -s $POOLFILE ]]; then
+		mkdir -p "$DDIR"
+		local k pool
+		for ((k = 0; k < 50; k++)); do
+			pool="10.$((200 + k)).0.0/16"
+			if ! cat "$STATE"/docker-*/pool 2>/dev/null | grep -qxF "$pool"; then
+				echo "$pool" >"$POOLFILE"
+				break
+			fi
+		done
+		[[ -s $POOLFILE ]] || die "no free address pool for engine $ENGINE_NAME"
+	fi
+	cat "$POOLFILE"
+}
+
+# secondary_forward_rule -I|-D: when the main engine keeps FORWARD at DROP (which with
+# br_netfilter also filters bridged traffic), let the second engine's containers talk to each
+# other: add (once) or remove an ACCEPT rule in DOCKER-USER.
 secondary_forward_rule() {
 	command -v iptables >/dev/null && iptables -n -L DOCKER-USER >/dev/null 2>&1 || return 0
-	local rule=(DOCKER-USER -s "$SEC_POOL" -d "$SEC_POOL" -j ACCEPT)
+	local pool
+	pool=$(sec_pool)
+	local rule=(DOCKER-USER -s "$pool" -d "$pool" -j ACCEPT)
 	if iptables -C "${rule[@]}" 2>/dev/null; then
 		[[ $1 == -D ]] && iptables -D "${rule[@]}"
 	elif [[ $1 == -I ]]; then
 		iptables -I "${rule[@]}"
 	fi
 	return 0
+}
+
+# foreign_main: a main engine of another checkout (it would share our bridge and iptables).
+foreign_main() {
+	local c p cmd
+	for c in /proc/[0-9]*/comm; do
+		[[ $(cat "$c" 2>/dev/null) == dockerd ]] || continue
+		p=${c#/proc/}
+		p=${p%/comm}
+		cmd=$(cmdline_of "$p")
+		if [[ $cmd == *"--bridge=$MAIN_BRIDGE"* && $cmd != *"$DATA"* ]] && pid_alive "$p"; then
+			echo "$p"
+			return 0
+		fi
+	done
+	return 1
 }
 
 # clean_stale: our socket does not answer; clear what a dead (or hung) dockerd left.
@@ -290,9 +346,12 @@ clean_stale() {
 	unmount_under "$DATA"
 	# Bridges of a dead dockerd keep their subnets' routes; with no dockerd at all on the
 	# machine none of them is in use, and a new network could otherwise get a clashing route.
+	# Docker's bridges are br-<id>, or carry Docker's MAC prefix 02:42 (docker0, supervisor0).
 	if [[ $ENGINE_NAME == main ]] && ! any_dockerd && command -v ip >/dev/null; then
 		local br
-		for br in $(ip -o link show type bridge | awk -F': ' '{print $2}' | grep '^br-' || true); do
+		for br in $(ip -o link show type bridge |
+			awk -F': ' '$2 ~ /^br-/ || $3 ~ /link\/ether 02:42:/ {print $2}'); do
+			[[ $br == "$MAIN_BRIDGE" ]] && continue
 			if ip link delete "$br" 2>/dev/null; then log "removed stale bridge $br"; fi
 		done
 	fi
@@ -308,15 +367,20 @@ start_dockerd() {
 	local args=(--data-root "$DATA" --exec-root "$EXEC" --pidfile "$PIDFILE"
 		--host "unix://$SOCK" --config-file "$CONF" --log-level "${DOCKERD_LOG_LEVEL:-info}")
 	case $mode in
-	iptables) ;;
-	no-iptables) args+=(--iptables=false --ip-masq=false) ;;
-	# The second engine shares the host's network stack with the main one: no rules of its
-	# own and its own addresses, so the two never hand out the same subnet. Not
-	# --bridge=none: that makes dockerd delete docker0, the main engine's default bridge.
+	iptables)
+		setup_main_bridge
+		args+=(--bridge="$MAIN_BRIDGE")
+		;;
+	no-iptables)
+		setup_main_bridge
+		args+=(--bridge="$MAIN_BRIDGE" --iptables=false --ip-masq=false)
+		;;
+	# The second engine shares the host's network stack with the main one: no default bridge,
+	# no rules, and its own pool so the two never hand out the same subnet.
 	isolated)
-		setup_secondary_net
-		args+=(--bridge="$SEC_BRIDGE" --iptables=false --ip-masq=false
-			--default-address-pool "base=$SEC_POOL,size=24")
+		secondary_forward_rule -I
+		args+=(--bridge=none --iptables=false --ip-masq=false
+			--default-address-pool "base=$(sec_pool),size=24")
 		;;
 	esac
 	# A long log from many starts is of no use: keep the last part.
@@ -348,8 +412,8 @@ start_dockerd() {
 	return 1
 }
 
-# probe_networking HOST: a user-defined bridge network can be made (the supervisor makes one
-# per app) and a host-network container runs (tests reach the API on 127.0.0.1).
+# probe_bridge HOST: a user-defined bridge network can be made (the supervisor makes one per
+# app). probe_host_run HOST: a host-network container runs (tests reach the API on 127.0.0.1).
 probe_bridge() {
 	local name="balena-py-probe-$$"
 	docker -H "$1" network create --driver bridge "$name" >/dev/null 2>&1 || return 1
@@ -371,6 +435,11 @@ ensure_dockerd() {
 		return 0
 	fi
 	ensure_packages
+	local other
+	if [[ $ENGINE_NAME == main ]] && other=$(foreign_main); then
+		die "the main engine of another checkout runs (pid $other: $(cmdline_of "$other" | cut -c1-120)); \
+one per machine: point DOCKER_HOST at its socket, or stop it with its engine.sh down"
+	fi
 	clean_stale
 	local modes
 	if [[ $ENGINE_NAME != main ]]; then
@@ -409,9 +478,8 @@ stop_engine() {
 	unmount_under "$DATA"
 	if [[ $ENGINE_NAME != main ]]; then
 		secondary_forward_rule -D
-		if command -v ip >/dev/null && ip link show "$SEC_BRIDGE" >/dev/null 2>&1; then
-			ip link delete "$SEC_BRIDGE" || true
-		fi
+	elif command -v ip >/dev/null && ip link show "$MAIN_BRIDGE" >/dev/null 2>&1 && ! foreign_main >/dev/null; then
+		ip link delete "$MAIN_BRIDGE" || true
 	fi
 }
 
@@ -662,7 +730,7 @@ cmd_status() {
 		local d
 		for d in "$STATE"/docker-*; do
 			[[ -d $d ]] || continue
-			ENGINE_NAME=${d##*/docker-} bash "${BASH_SOURCE[0]}" status 2>/dev/null | head -n 2 | sed 's/^/  /' || true
+			ENGINE_NAME=${d##*/docker-} bash "${BASH_SOURCE[0]}" status 2>/dev/null | grep -v -e "^registry" -e "^  127" | sed 's/^/  /' || true
 		done
 	fi
 	return $rc

@@ -9,6 +9,7 @@ is only downloading (the pull is abandoned) and otherwise takes effect at the ne
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -92,10 +93,8 @@ class Reconciler:
     async def run(self) -> None:
         self._dirty.set()
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._dirty.wait(), RESYNC_INTERVAL)
-            except TimeoutError:
-                pass
             self._dirty.clear()
             await self.apply_until_settled()
 
@@ -207,7 +206,8 @@ class Reconciler:
 
 
 async def _gone(path: str) -> None:
-    while await asyncio.to_thread(os.path.lexists, path):
+    # polling, not inotify: the lock dir is a bind mount written from inside containers
+    while await asyncio.to_thread(os.path.lexists, path):  # noqa: ASYNC110
         await asyncio.sleep(0.5)
 
 

@@ -26,7 +26,7 @@ from supervisor.board.led import Led, make_led
 from supervisor.board.profiles import BoardProfile, configs_dir, load_board
 from supervisor.engine.docker import DockerEngine
 from supervisor.engine.runner import AsyncEngine
-from supervisor.errors import SupervisorError, TargetInvalid
+from supervisor.errors import ConfigError, SupervisorError, TargetInvalid
 from supervisor.executor import Executor, ExecutorHooks
 from supervisor.host.actions import HostActions, choose_host_actions
 from supervisor.host.breadcrumb import RebootBreadcrumb
@@ -173,7 +173,10 @@ class Runtime:
                               self.target_source, err)
         local = self.settings.local_target
         if local is not None and self.local_mode:
-            raw = json.loads(Path(local).read_text())
+            try:
+                raw = json.loads(await asyncio.to_thread(Path(local).read_text))
+            except (OSError, ValueError) as err:
+                raise ConfigError(f"--local-target {local}: {err}") from err
             target = parse_local_target(raw, device_uuid=self.settings.uuid)
             await self.store.save_target("local", to_v3(target))
             self.target = target
@@ -289,7 +292,7 @@ class Runtime:
     async def start(self) -> None:
         s = self.settings
         for path in (s.data_dir, s.state_dir, s.locks_dir):
-            Path(path).mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(Path(path).mkdir, parents=True, exist_ok=True)
         self.store = await AsyncStore.open(s.db_path)
         await self.store.global_api_key()
         self.host = await asyncio.to_thread(choose_host_actions, s.host_actions, None,
@@ -329,12 +332,12 @@ class Runtime:
         """Everything applied: reboot now if a change asked for it (engine.md §10)."""
         if not self.breadcrumb.is_required(self._boot_time):
             return
-        apps = sorted({c.app_id for c in self.reconciler.current.containers}
-                      if self.reconciler.current else set())
+        current = self.reconciler.current or Current()
+        apps = sorted({c.app_id for c in current.containers})
         taken: list[int] = []
         try:
             for app_id in apps:
-                services = {c.service_name for c in self.reconciler.current.containers_of(app_id)}
+                services = {c.service_name for c in current.containers_of(app_id)}
                 await self.locks.take(app_id, sorted(services), force=False)
                 taken.append(app_id)
             self.log("Rebooting")

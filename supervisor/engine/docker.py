@@ -7,6 +7,7 @@ docker-py/requests errors into `supervisor.errors.Engine*` at the boundary.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
@@ -406,10 +407,8 @@ class DockerEngine:
 
     def ensure_supervisor_network(self) -> None:
         try:
-            try:
+            with contextlib.suppress(docker.errors.NotFound):
                 self.api.remove_network(SUPERVISOR0)
-            except docker.errors.NotFound:
-                pass
             ipam = docker.types.IPAMConfig(
                 pool_configs=[
                     docker.types.IPAMPool(subnet=SUPERVISOR0_SUBNET, gateway=SUPERVISOR0_GATEWAY)

@@ -91,8 +91,9 @@ class AsyncEngine:
     async def start(self, cid: str) -> None:
         await self._run(self.engine.start, cid)
 
-    async def stop(self, cid: str, timeout: int | None = None) -> None:
-        await self._run(self.engine.stop, cid, timeout)
+    async def stop(self, cid: str, grace: int | None = None) -> None:
+        """Stop with the container's own stop timeout unless `grace` seconds are given."""
+        await self._run(self.engine.stop, cid, grace)
 
     async def remove(self, cid: str, *, force: bool = False) -> None:
         await self._run(self.engine.remove, cid, force=force)

@@ -43,7 +43,8 @@ def build_services(
         key = (c.app_id, c.service_name, c.commit)
         seen.add(key)
         phase = phases.get(key)
-        status = phase.value if phase is not None and phase.value in IN_FLIGHT_STATUSES else c.status
+        in_flight = phase is not None and phase.value in IN_FLIGHT_STATUSES
+        status = phase.value if phase is not None and in_flight else c.status
         pair = running.get((c.app_id, c.service_name), [])
         if c.running and len({p.commit for p in pair}) > 1:
             newest = max(pair, key=lambda p: p.created)

@@ -49,7 +49,7 @@ def registry() -> str:
 
 @pytest.fixture(scope="session")
 def base_image(docker_client: docker.DockerClient, registry: str) -> str:
-    """"127.0.0.1:5000/balena-py/busybox:latest", present in the registry and the engine."""
+    """The base image reference, present in the registry and in the engine."""
     return dockerkit.ensure_base_image(docker_client)
 
 

@@ -104,7 +104,7 @@ def test_build_image_from_memory(docker_client: docker.DockerClient, base_image:
     image_id = dockerkit.build_image(
         docker_client,
         tag,
-        f"FROM {base_image}\nCOPY hello.sh /hello.sh\nCMD [\"/hello.sh\"]\n",
+        f'FROM {base_image}\nCOPY hello.sh /hello.sh\nCMD ["/hello.sh"]\n',
         {"hello.sh": b"#!/bin/sh\necho built-in-memory\n"},
     )
     try:

@@ -6,6 +6,7 @@ start, image delete) shows what each strategy does.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -53,10 +54,8 @@ def two_images(docker_client: docker.DockerClient) -> Any:
     second = push_random_image(docker_client, "balena-py/lock-a", 8, tag=f"v2-{stamp}")
     yield first, second
     for ref in (first, second):
-        try:
+        with contextlib.suppress(docker.errors.ImageNotFound):
             docker_client.images.remove(ref, force=True)
-        except docker.errors.ImageNotFound:
-            pass
 
 
 def service(image: str, strategy: str | None = None, **extra: Any) -> dict[str, Any]:
@@ -73,7 +72,8 @@ def first(evts: list[dict[str, Any]], kind: str, action: str, match: Any) -> int
     for index, evt in enumerate(evts):
         if evt.get("Type") == kind and evt.get("Action") == action and match(evt):
             return index
-    raise AssertionError(f"no {kind} {action} event in {[(e.get('Type'), e.get('Action')) for e in evts]}")
+    seen = [(e.get("Type"), e.get("Action")) for e in evts]
+    raise AssertionError(f"no {kind} {action} event in {seen}")
 
 
 def update_and_order(sup: Any, client: docker.DockerClient, images: tuple[str, str],
