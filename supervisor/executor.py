@@ -20,7 +20,6 @@ from supervisor.errors import StepFailed, SupervisorError, UpdatesLocked
 from supervisor.lifecycle import Key, Lifecycles, ServiceLifecycle
 from supervisor.locks import UpdateLocks
 from supervisor.model.current import Phase
-from supervisor.store import ImageRecord
 from supervisor.model.steps import (
     CreateNetwork,
     CreateVolume,
@@ -43,6 +42,7 @@ from supervisor.model.steps import (
     UpdateMetadata,
     describe,
 )
+from supervisor.store import ImageRecord
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -22,8 +22,15 @@ from supervisor.model.current import ContainerInfo, Phase
 P = Phase
 Key = tuple[int, str, str]  # (app_id, service_name, commit)
 
-__all__ = ["TRANSITIONS", "IN_FLIGHT", "Key", "Lifecycles", "MachineError", "ServiceLifecycle",
-           "phase_from_container"]
+__all__ = [
+    "IN_FLIGHT",
+    "TRANSITIONS",
+    "Key",
+    "Lifecycles",
+    "MachineError",
+    "ServiceLifecycle",
+    "phase_from_container",
+]
 
 _ANY_SETTLED = [P.DOWNLOADED, P.INSTALLED, P.RUNNING, P.EXITED, P.DEAD, P.PAUSED,
                 P.RESTARTING, P.REMOVING, P.AWAITING_HANDOVER, P.HANDING_OVER]

@@ -6,11 +6,13 @@ across batches comes from the conditions here (a container starts only once its 
 volumes, images and dependencies are ready). Rules follow upstream's `inferNextSteps` and
 `App.nextStepsForAppUpdate` (spec engine.md §6-§14, locks.md §6).
 
-Split by concern: `apps` (per-app sequencing and locks), `services` (pairing and per-service
-rules, strategies), `resources` (networks and volumes), `images` (housekeeping).
+Split by concern: `core` (gating and the app loop), `apps` (per-app sequencing and locks),
+`services` (per-service rules and update strategies), `specs` (memoised container specs),
+`resources` (networks and volumes), `images` (housekeeping).
 """
 
 from supervisor.planner.context import PlanContext
 from supervisor.planner.core import plan
+from supervisor.planner.specs import clear_spec_cache
 
-__all__ = ["PlanContext", "plan"]
+__all__ = ["PlanContext", "clear_spec_cache", "plan"]

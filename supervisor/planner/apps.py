@@ -3,205 +3,226 @@
 Order of emission within an app (engine.md §7.1): remove dead containers; one `takeLock` when
 lock-needing steps exist and the lock is not held (and none of those steps yet); service
 steps; volume and network steps; and, only when nothing else is left, `updateCommit` and
-`releaseLock` together.
+`releaseLock` together. An app that left the target is taken down in order over rounds:
+lock, kill, networks, volumes (unless `keep_volumes`), release (§7.6).
 """
 
 from __future__ import annotations
 
-from supervisor.model.compose import ContainerSpec, container_spec
-from supervisor.model.current import ContainerInfo, Current
-from supervisor.model.steps import Noop, ReleaseLock, Remove, RemoveNetwork, RemoveVolume, Step
-from supervisor.model.steps import TakeLock, UpdateCommit
-from supervisor.model.target import TargetApp
-from supervisor.planner.context import PlanContext
-from supervisor.planner.resources import network_specs, plan_networks, plan_volumes, volume_specs
-from supervisor.planner.services import (
-    Decision,
-    ServiceInputs,
-    install_decisions,
-    kill,
-    update_decisions,
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import cached_property, partial
+
+from supervisor.errors import SupervisorError
+from supervisor.model.compose import ContainerSpec
+from supervisor.model.current import ContainerInfo, NetworkInfo, VolumeInfo
+from supervisor.model.steps import (
+    Noop,
+    ReleaseLock,
+    Remove,
+    RemoveNetwork,
+    RemoveVolume,
+    Step,
+    TakeLock,
+    UpdateCommit,
 )
+from supervisor.model.target import TargetApp, TargetService, TargetState
+from supervisor.planner.context import PlanContext
+from supervisor.planner.resources import (
+    network_specs,
+    network_users,
+    plan_networks,
+    plan_volumes,
+    removable_volumes,
+    volume_specs,
+    volume_users,
+)
+from supervisor.planner.services import Decision, Pair, in_target_state, kill, plan_service
+from supervisor.planner.specs import network_service, resources_used, service_specs
+
+
+@dataclass
+class AppObjects:
+    """What Docker holds for one app id."""
+
+    containers: list[ContainerInfo] = field(default_factory=list)
+    networks: list[NetworkInfo] = field(default_factory=list)
+    volumes: list[VolumeInfo] = field(default_factory=list)
+
+
+def gate_on_lock(
+    app_id: int, decisions: list[Decision], names: Iterable[str], ctx: PlanContext
+) -> list[Step]:
+    """Lock-needing steps run only once the app's lock is held; until then one `takeLock`
+    for every service of the app (current and target) replaces them (locks.md §6)."""
+    if app_id in ctx.locked_apps or not any(d.needs_lock for d in decisions):
+        return [d.step for d in decisions]
+    kept = [d.step for d in decisions if not d.needs_lock]
+    return [TakeLock(app_id=app_id, services=tuple(sorted(set(names))), force=ctx.force), *kept]
 
 
 class AppPlanner:
     def __init__(
-        self, app_id: int, target: TargetApp | None, current: Current, ctx: PlanContext
+        self,
+        app_id: int,
+        target: TargetApp | None,
+        objects: AppObjects,
+        ctx: PlanContext,
+        target_state: TargetState | None = None,
     ) -> None:
         self.app_id = app_id
         self.target = target
+        self.target_state = target_state
         self.ctx = ctx
-        self.containers = current.containers_of(app_id)
-        self.networks = tuple(n for n in current.networks if n.app_id == app_id)
-        self.volumes = tuple(
-            v for v in current.volumes
-            if v.app_id == app_id and v.labels.get("io.balena.supervised")
-        )
-        self.services = target.release.services if target and target.release else {}
-        self.commit = target.release.commit if target and target.release else ""
-        self.specs: dict[str, ContainerSpec] = {}
-        if target is not None:
-            # newest container per service, to resolve `network_mode: service:<x>`
-            ids = {c.service_name: c.id for c in sorted(self.containers, key=lambda c: c.created)}
-            for name, svc in self.services.items():
-                ref = ctx.image_ids.get(svc.image, svc.image)
-                self.specs[name] = container_spec(
-                    target, svc, ctx.device, image_ref=ref, container_ids=ids
-                )
+        self.containers = objects.containers
+        self.networks = objects.networks
+        self.volumes = objects.volumes
+        release = target.release if target is not None else None
+        self.services: dict[str, TargetService] = release.services if release else {}
+        self.commit = release.commit if release else ""
+        self.dead = [c for c in self.containers if c.state == "dead"]
+        self.live = [c for c in self.containers if c.state != "dead"]
 
     # -- entry point ---------------------------------------------------------------------------
 
     def steps(self) -> list[Step]:
-        dead = [c for c in self.containers if c.state == "dead"]
         out: list[Step] = [
             Remove(container_id=c.id, name=c.name, app_id=c.app_id, service_name=c.service_name)
-            for c in dead
+            for c in self.dead
         ]
-        live = tuple(c for c in self.containers if c.state != "dead")
         if self.target is None:
-            return out + self._remove_app(live)
-        decisions, resource_steps = self._update_app(live)
-        out += self._gate_on_lock(decisions, live)
+            return out + self._remove_app()
+        decisions, resource_steps = self._update_app()
+        out += self._gate(decisions)
         out += resource_steps
-        if not out:
-            out += self._settled()
-        return out
+        return out or self._settled()
+
+    def _gate(self, decisions: list[Decision]) -> list[Step]:
+        names = [c.service_name for c in self.containers] + list(self.services)
+        return gate_on_lock(self.app_id, decisions, names, self.ctx)
 
     # -- an app in the target ------------------------------------------------------------------
 
-    def _update_app(self, live: tuple[ContainerInfo, ...]) -> tuple[list[Decision], list[Step]]:
-        assert self.target is not None
-        vol_users: dict[str, set[str]] = {}
-        for c in live:
-            for vol in c.volumes:
-                vol_users.setdefault(vol, set()).add(c.id)
-        nets = plan_networks(network_specs(self.target), self.networks, live)
-        vols = plan_volumes(volume_specs(self.target), self.volumes, live, vol_users)
-        changing = nets.changing | vols.changing
-        not_ready = nets.missing | vols.missing | changing
+    @cached_property
+    def kept(self) -> dict[str, ContainerInfo]:
+        """The container kept per service: the newest live one that is not a hand-over leftover
+        (`old_<name>`, restart policy cleared). Every other live container is killed."""
+        kept: dict[str, ContainerInfo] = {}
+        for c in self.live:
+            if c.handover_old:
+                continue
+            other = kept.get(c.service_name)
+            if other is None or (c.created, c.id) > (other.created, other.id):
+                kept[c.service_name] = c
+        return kept
 
-        by_service: dict[str, list[ContainerInfo]] = {}
-        for c in live:
-            by_service.setdefault(c.service_name, []).append(c)
-        all_ready = all(svc.image in self.ctx.image_ids for svc in self.services.values())
-        changing_services = self._changing_services(by_service, all_ready)
+    @cached_property
+    def specs(self) -> dict[str, ContainerSpec | SupervisorError]:
+        assert self.target is not None and self.target_state is not None
+        ids = {name: c.id for name, c in self.kept.items()}
+        return service_specs(self.target_state, self.target, self.ctx.device,
+                             self.ctx.image_ids, ids)
+
+    def _update_app(self) -> tuple[list[Decision], list[Step]]:
+        assert self.target is not None
+        ctx = self.ctx
+        nets = plan_networks(network_specs(self.target), self.networks,
+                             network_users(self.containers))
+        vols = plan_volumes(volume_specs(self.target), self.volumes,
+                            volume_users(self.containers))
+        self._changing_resources = nets.changing | vols.changing
+        self._not_ready = nets.missing | vols.missing | self._changing_resources
+        self._all_ready = all(s.image in ctx.image_ids for s in self.services.values())
+        dead_services = {c.service_name for c in self.dead}
 
         decisions: list[Decision] = []
-        for name in sorted(set(by_service) | set(self.services)):
-            containers = sorted(by_service.get(name, []), key=lambda c: c.created)
-            current = containers[-1] if containers else None
-            # extra containers of one service: keep the newest, kill the spurious rest
-            decisions += [kill(c) for c in containers[:-1]]
-            svc = self.services.get(name)
-            if svc is None:
-                if current is not None:
-                    decisions.append(kill(current))
-                continue
+        kept = self.kept
+        for c in self.live:
+            if kept.get(c.service_name) is not c or c.service_name not in self.services:
+                decisions.append(kill(c))  # duplicates, hand-over leftovers, removed services
+        for name, svc in sorted(self.services.items()):
             spec = self.specs[name]
-            uses = self._resources_used(spec)
-            inputs = ServiceInputs(
-                current=current,
-                target=svc,
-                spec=spec,
-                commit=self.commit,
-                image_ready=svc.image in self.ctx.image_ids,
-                all_images_ready=all_ready,
-                deps_met=all_ready
-                and not (uses & not_ready)
-                and self._deps_met(spec, by_service, changing_services),
-                special_kill=bool(current is not None and self._current_uses(current) & changing),
+            if isinstance(spec, SupervisorError):
+                decisions.append(Decision(Noop(f"{name}: {spec}", app_id=self.app_id)))
+                continue
+            cur = kept.get(name)
+            if cur is None and name in dead_services:
+                continue  # its dead container goes first (`remove` above); same name
+            pair = Pair(
+                target=svc, spec=spec, current=cur, commit=self.commit,
+                image_ready=svc.image in ctx.image_ids, all_images_ready=self._all_ready,
+                special_kill=cur is not None and self._uses_changing(cur),
+                deps_met=partial(self._deps_met, spec),
             )
-            if current is None:
-                decisions += install_decisions(inputs, self.ctx)
-            else:
-                decisions += update_decisions(inputs, self.ctx)
-        return decisions, nets.steps + vols.steps
+            decisions += plan_service(pair, ctx)
+        return decisions, vols.steps + nets.steps
 
-    def _changing_services(
-        self, by_service: dict[str, list[ContainerInfo]], all_ready: bool
-    ) -> set[str]:
-        """Services whose container is missing or not yet what the target wants."""
+    def _uses_changing(self, c: ContainerInfo) -> bool:
+        changing = self._changing_resources
+        if not changing:
+            return False
+        return bool(changing.intersection(c.networks) or changing.intersection(c.volumes)
+                    or c.network_mode in changing)
+
+    @cached_property
+    def _changing_services(self) -> set[str]:
+        """Services not yet in their target state (no container, other config or release)."""
         out = set()
         for name, svc in self.services.items():
-            containers = by_service.get(name)
-            if not containers:
-                out.add(name)
-                continue
-            cur = max(containers, key=lambda c: c.created)
-            image_id = self.ctx.image_ids.get(svc.image)
-            if cur.config_hash != self.specs[name].config_hash or cur.image != image_id:
+            cur, spec = self.kept.get(name), self.specs[name]
+            if (cur is None or isinstance(spec, SupervisorError)
+                    or not in_target_state(cur, spec, self.ctx.image_ids.get(svc.image))):
                 out.add(name)
         return out
 
-    def _deps_met(
-        self,
-        spec: ContainerSpec,
-        by_service: dict[str, list[ContainerInfo]],
-        changing: set[str],
-    ) -> bool:
-        for dep in spec.depends_on:
-            if dep not in self.services:
+    def _deps_met(self, spec: ContainerSpec) -> bool:
+        """engine.md §9: every target image present, the networks and volumes it uses created,
+        and every dependency settled and started (or created, when it must not run)."""
+        if not self._all_ready or resources_used(spec) & self._not_ready:
+            return False
+        if spec.network_service is not None:
+            return False  # `service:<x>` without a container for <x>: nothing to join yet
+        svc = self.services[spec.service_name]
+        deps = spec.depends_on
+        if (dep := network_service(svc)) is not None and dep not in self.services:
+            return False  # joins a service outside the release: it can never be resolved
+        for dep in deps:
+            target = self.services.get(dep)
+            if target is None:
                 continue  # a dependency outside the release cannot hold us back
-            if dep in changing:
+            if dep in self._changing_services:
                 return False
-            containers = by_service.get(dep, [])
-            if not containers or all(c.state == "created" for c in containers):
-                return False
+            if self.kept[dep].state == "created" and target.running:
+                return False  # about to be started: wait one round
         return True
 
-    @staticmethod
-    def _resources_used(spec: ContainerSpec) -> set[str]:
-        host = spec.body.get("HostConfig") or {}
-        used = {host.get("NetworkMode", "")} | {name for name, _ in spec.extra_networks}
-        for bind in host.get("Binds") or ():
-            source = str(bind).split(":", 1)[0]
-            if not source.startswith("/"):
-                used.add(source)
-        for mount in host.get("Mounts") or ():
-            if mount.get("Type") == "volume" and mount.get("Source"):
-                used.add(mount["Source"])
-        used.discard("")
-        return used
-
-    @staticmethod
-    def _current_uses(c: ContainerInfo) -> set[str]:
-        return set(c.networks) | set(c.volumes) | ({c.network_mode} if c.network_mode else set())
-
-    # -- locks and settling ----------------------------------------------------------------------
-
-    def _gate_on_lock(
-        self, decisions: list[Decision], live: tuple[ContainerInfo, ...]
-    ) -> list[Step]:
-        if self.app_id in self.ctx.locked_apps or not any(d.needs_lock for d in decisions):
-            return [d.step for d in decisions]
-        names = sorted({c.service_name for c in live} | set(self.services))
-        kept = [d.step for d in decisions if not d.needs_lock]
-        return [TakeLock(app_id=self.app_id, services=tuple(names), force=self.ctx.force), *kept]
+    # -- settling --------------------------------------------------------------------------------
 
     def _settled(self) -> list[Step]:
         out: list[Step] = []
         if self.commit and self.ctx.commits.get(self.app_id) != self.commit:
             out.append(UpdateCommit(app_id=self.app_id, commit=self.commit))
-        if self.app_id in self.ctx.locked_apps or self.app_id in self.ctx.lock_leftovers:
-            out.append(ReleaseLock(app_id=self.app_id))
+        out += self._release_lock()
         return out
+
+    def _release_lock(self) -> list[Step]:
+        if self.app_id in self.ctx.locked_apps or self.app_id in self.ctx.lock_leftovers:
+            return [ReleaseLock(app_id=self.app_id)]
+        return []
 
     # -- an app that left the target ---------------------------------------------------------------
 
-    def _remove_app(self, live: tuple[ContainerInfo, ...]) -> list[Step]:
+    def _remove_app(self) -> list[Step]:
         """Lock, kill every container, then networks, then volumes, then release the lock."""
-        if live:
-            decisions = [kill(c) for c in live]
-            return self._gate_on_lock(decisions, live)
+        if self.live:
+            return self._gate([kill(c) for c in self.live])
+        if self.dead:
+            return []  # their `remove` is in this batch; resources go once they are gone
         out: list[Step] = [
-            RemoveNetwork(network_id=n.id, name=n.name, app_id=self.app_id) for n in self.networks
+            RemoveNetwork(network_id=n.id, name=n.name, app_id=self.app_id)
+            for n in sorted(self.networks, key=lambda n: (n.name, n.id))
         ]
         if not out and not self.ctx.keep_volumes:
-            out += [RemoveVolume(name=v.name, app_id=self.app_id) for v in self.volumes]
-        if not out and (self.app_id in self.ctx.locked_apps
-                        or self.app_id in self.ctx.lock_leftovers):
-            out.append(ReleaseLock(app_id=self.app_id))
-        return out if out else []
-
-
-__all__ = ["AppPlanner", "Noop"]
+            out = [RemoveVolume(name=v.name, app_id=self.app_id)
+                   for v in sorted(removable_volumes(self.volumes), key=lambda v: v.name)]
+        return out or self._release_lock()

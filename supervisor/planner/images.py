@@ -1,4 +1,9 @@
-"""Image housekeeping: remove images we pulled that nothing uses or wants any more."""
+"""Image housekeeping: remove images we pulled that nothing uses or wants any more.
+
+Runs before any app step and alone (engine.md §6 step 3), and only while no download is in
+flight (the old image may still be needed) and unless `keep_images` (local mode,
+intermediate applies).
+"""
 
 from __future__ import annotations
 
@@ -21,25 +26,17 @@ def image_steps(current: Current, target: TargetState, ctx: PlanContext) -> tupl
     """removeImage for managed images that no container uses and no target service names.
 
     Only images recorded as pulled by us (`ctx.managed_images`) are candidates: the
-    supervisor never deletes an image it did not fetch. Skipped while a download runs (the
-    old image may still be needed) and when `keep_images` (local mode, intermediate applies).
+    supervisor never deletes an image it did not fetch.
     """
-    if ctx.downloading or ctx.keep_images:
+    if ctx.downloading or ctx.keep_images or not ctx.managed_images:
         return ()
-    wanted_ids = {ctx.image_ids[name] for name in target_image_names(target) if name in ctx.image_ids}
     wanted_names = target_image_names(target)
-    in_use = {c.image for c in current.containers}
+    keep = {ctx.image_ids[name] for name in wanted_names if name in ctx.image_ids}
+    keep |= {c.image for c in current.containers}  # dead and stopped containers too
     present = {img.id for img in current.images}
     steps: list[Step] = []
-    removed: set[str] = set()
     for name, image_id in sorted(ctx.managed_images.items()):
-        if (
-            image_id in present
-            and image_id not in in_use
-            and image_id not in wanted_ids
-            and name not in wanted_names
-            and image_id not in removed
-        ):
-            removed.add(image_id)
+        if image_id in present and image_id not in keep and name not in wanted_names:
+            keep.add(image_id)  # one removeImage per image, whatever its names
             steps.append(RemoveImage(image_id=image_id, name=name))
     return tuple(steps)

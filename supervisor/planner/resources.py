@@ -1,16 +1,23 @@
 """Networks and volumes of one app: what to create, what to remove, what is changing.
 
-A network or volume whose config changed is removed and created again; the services using it
-are killed first (the app planner does that from `changing`). A remove is emitted only once no
-container uses the resource. Volumes no longer referenced are kept (upstream since v10); they
-go only with their app, unless `keep_volumes`.
+A network or volume whose config changed is removed and created again; the app planner kills
+the services using it first (from `changing`) and starts services only once what they use
+exists (from `missing`). A remove is emitted only once no container uses the resource.
+Volumes no longer referenced are kept (upstream since v10); they go only with their app.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from supervisor.model.compose import NetworkSpec, VolumeSpec, app_networks, network_spec, volume_spec
+from supervisor.model.compose import (
+    NetworkSpec,
+    VolumeSpec,
+    app_networks,
+    network_spec,
+    volume_spec,
+)
 from supervisor.model.current import ContainerInfo, NetworkInfo, VolumeInfo
 from supervisor.model.steps import CreateNetwork, CreateVolume, RemoveNetwork, RemoveVolume, Step
 from supervisor.model.target import TargetApp
@@ -41,47 +48,53 @@ def volume_specs(app: TargetApp) -> dict[str, VolumeSpec]:
     return specs
 
 
-def _users(containers: tuple[ContainerInfo, ...], docker_name: str) -> bool:
-    return any(docker_name in c.networks or docker_name == c.network_mode for c in containers)
+def network_users(containers: Iterable[ContainerInfo]) -> set[str]:
+    """Networks some container (dead ones too: Docker still counts them) is attached to."""
+    used: set[str] = set()
+    for c in containers:
+        used.update(c.networks)
+        if c.network_mode:
+            used.add(c.network_mode)
+    return used
+
+
+def volume_users(containers: Iterable[ContainerInfo]) -> set[str]:
+    used: set[str] = set()
+    for c in containers:
+        used.update(c.volumes)
+    return used
 
 
 def plan_networks(
-    specs: dict[str, NetworkSpec],
-    current: tuple[NetworkInfo, ...],
-    containers: tuple[ContainerInfo, ...],
+    specs: dict[str, NetworkSpec], current: Iterable[NetworkInfo], in_use: set[str]
 ) -> ResourcePlan:
     out = ResourcePlan()
     by_name: dict[str, list[NetworkInfo]] = {}
     for net in current:
         by_name.setdefault(net.name, []).append(net)
     for name, nets in sorted(by_name.items()):
-        spec = specs.get(name)
-        extras = nets[1:]  # moby can create duplicates with the same name
-        for dup in extras:
+        nets.sort(key=lambda n: n.id)
+        for dup in nets[1:]:  # moby can create duplicates with the same name
             out.steps.append(RemoveNetwork(network_id=dup.id, name=name, app_id=dup.app_id or 0))
-        net = nets[0]
-        if spec is not None and not spec.config_only and net.config_hash in (None, spec.config_hash):
+        net, spec = nets[0], specs.get(name)
+        if spec is not None and not spec.config_only and net.config_hash in (
+                None, spec.config_hash):
             # no hash: created by upstream; keep it rather than kill services to recreate it
             continue
         out.changing.add(name)
-        if not _users(containers, name):
+        if name not in in_use:
             out.steps.append(RemoveNetwork(network_id=net.id, name=name, app_id=net.app_id or 0))
     for name, spec in sorted(specs.items()):
-        if spec.config_only:
-            continue  # a config-only network (all services on host networking) is never created
-        if name not in by_name:
+        if not spec.config_only and name not in by_name:
+            # a config-only network (every service on host networking) is never created
             out.missing.add(name)
             out.steps.append(CreateNetwork(spec=spec))
     return out
 
 
 def plan_volumes(
-    specs: dict[str, VolumeSpec],
-    current: tuple[VolumeInfo, ...],
-    containers: tuple[ContainerInfo, ...],
-    volume_users: dict[str, set[str]],
+    specs: dict[str, VolumeSpec], current: Iterable[VolumeInfo], in_use: set[str]
 ) -> ResourcePlan:
-    """`volume_users` maps a volume's docker name to the ids of the containers mounting it."""
     out = ResourcePlan()
     present = {v.name: v for v in current}
     for name, spec in sorted(specs.items()):
@@ -91,6 +104,12 @@ def plan_volumes(
             out.steps.append(CreateVolume(spec=spec))
         elif vol.config_hash is not None and vol.config_hash != spec.config_hash:
             out.changing.add(name)
-            if not volume_users.get(name):
+            if name not in in_use:
                 out.steps.append(RemoveVolume(name=name, app_id=vol.app_id))
+        # no hash: not ours or made by upstream; keep it as it is
     return out
+
+
+def removable_volumes(volumes: Iterable[VolumeInfo]) -> list[VolumeInfo]:
+    """Volumes removed with their app: only those the supervisor created (labelled)."""
+    return [v for v in volumes if v.labels.get("io.balena.supervised")]

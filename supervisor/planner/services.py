@@ -1,15 +1,17 @@
-"""Per-service rules: pairing a current container with its target, and update strategies.
+"""Per-service rules: one target service and the container kept for it -> decisions.
 
-Each function returns `Decision`s: a step plus whether it needs the app's update lock. The app
-planner turns lock-needing decisions into a single `takeLock` while the lock is not held.
+Follows upstream's per-service step generation and update strategies (engine.md §7.3, §8, §9,
+§10). Each rule returns `Decision`s: a step plus whether it needs the app's update lock; the
+app planner turns lock-needing decisions into one `takeLock` while the lock is not held.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from supervisor.model.compose import ContainerSpec
+from supervisor.model.compose import ContainerSpec, truthy
 from supervisor.model.current import ContainerInfo
 from supervisor.model.steps import (
     Fetch,
@@ -24,9 +26,15 @@ from supervisor.model.steps import (
 )
 from supervisor.model.target import TargetService
 from supervisor.planner.context import PlanContext
+from supervisor.planner.specs import spec_labels, spec_network_mode
 
-STRATEGIES = ("download-then-kill", "kill-then-download", "delete-then-download", "hand-over")
-_TRUTHY = {"1", "true", "on", "yes"}
+DEFAULT_STRATEGY = "download-then-kill"
+STRATEGIES = frozenset(
+    {"download-then-kill", "kill-then-download", "delete-then-download", "hand-over"})
+KILL_FIRST = frozenset({"kill-then-download", "delete-then-download"})
+STRATEGY_LABEL = "io.balena.update.strategy"
+HANDOVER_TIMEOUT_LABEL = "io.balena.update.handover-timeout"
+REQUIRES_REBOOT_LABEL = "io.balena.update.requires-reboot"
 _USERLAND_PROXY = re.compile(r"userland proxy.*cannot assign requested address$", re.IGNORECASE)
 
 
@@ -36,142 +44,141 @@ class Decision:
     needs_lock: bool = False
 
 
-def label_true(labels: dict[str, str] | object, name: str) -> bool:
-    value = labels.get(name) if isinstance(labels, dict) else None
-    return str(value).strip().lower() in _TRUTHY if value is not None else False
+@dataclass
+class Pair:
+    """A target service, its spec and the container kept for it, with what the app knows."""
 
-
-def uses_supervisor_api(svc: TargetService) -> bool:
-    return label_true(svc.labels, "io.balena.features.supervisor-api")
-
-
-def strategy_of(labels: dict[str, str] | object) -> str:
-    value = labels.get("io.balena.update.strategy") if isinstance(labels, dict) else None
-    return value if value in STRATEGIES else "download-then-kill"
-
-
-def handover_timeout(labels: dict[str, str]) -> int:
-    raw = labels.get("io.balena.update.handover-timeout", "")
-    return int(raw) if raw.isdigit() and int(raw) > 0 else 60000
-
-
-def kill(c: ContainerInfo) -> Decision:
-    return Decision(
-        Kill(container_id=c.id, name=c.name, app_id=c.app_id, service_name=c.service_name,
-             commit=c.commit),
-        needs_lock=True,
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class ServiceInputs:
-    """What the app planner knows about one service pair."""
-
+    target: TargetService
+    spec: ContainerSpec
     current: ContainerInfo | None
-    target: TargetService | None
-    spec: ContainerSpec | None
     commit: str
     image_ready: bool  # the target image is in the engine
     all_images_ready: bool  # every target image of the app is in the engine
-    deps_met: bool  # start dependencies (§9)
-    special_kill: bool  # uses a network/volume that is changing
+    special_kill: bool  # the container uses a network/volume that is being recreated
+    deps_met: Callable[[], bool]  # start dependencies (§9); computed only when asked
+
+    @property
+    def labels(self) -> Mapping[str, str]:
+        return spec_labels(self.spec)
+
+    @property
+    def strategy(self) -> str:
+        value = self.labels.get(STRATEGY_LABEL, "")
+        return value if value in STRATEGIES else DEFAULT_STRATEGY
+
+    @property
+    def requires_reboot(self) -> bool:
+        return truthy(self.labels.get(REQUIRES_REBOOT_LABEL, ""))
 
 
-def fetch_or_wait(inp: ServiceInputs, ctx: PlanContext) -> Decision:
-    assert inp.target is not None
-    if inp.target.image in ctx.downloading:
-        return Decision(Noop(f"downloading {inp.target.image}"))
-    return Decision(
-        Fetch(image=inp.target.image, app_id=inp.spec.app_id if inp.spec else 0,
-              service_name=inp.target.name, commit=inp.commit)
-    )
+def kill(c: ContainerInfo) -> Decision:
+    return Decision(Kill(container_id=c.id, name=c.name, app_id=c.app_id,
+                         service_name=c.service_name, commit=c.commit), needs_lock=True)
 
 
-def install_decisions(inp: ServiceInputs, ctx: PlanContext) -> list[Decision]:
-    """No current container: fetch, then start once dependencies are met."""
-    assert inp.target is not None and inp.spec is not None
-    if not inp.image_ready:
-        return [fetch_or_wait(inp, ctx)]
-    if not inp.deps_met:
-        return [] if ctx.reboot_required else [Decision(Noop(f"{inp.target.name}: dependencies"))]
-    start = inp.target.running and not label_true(
-        inp.target.labels, "io.balena.update.requires-reboot"
-    )
-    return [Decision(Start(spec=inp.spec, commit=inp.commit, start=start), needs_lock=True)]
+def handover_timeout(labels: Mapping[str, str]) -> int:
+    raw = labels.get(HANDOVER_TIMEOUT_LABEL, "").strip()
+    return int(raw) if raw.isdigit() and int(raw) > 0 else 60000
 
 
-def same_config(inp: ServiceInputs, ctx: PlanContext) -> bool:
-    cur, spec, tgt = inp.current, inp.spec, inp.target
-    assert cur is not None and spec is not None and tgt is not None
-    image_id = ctx.image_ids.get(tgt.image)
-    return cur.config_hash == spec.config_hash and image_id is not None and cur.image == image_id
+def same_config(cur: ContainerInfo, spec: ContainerSpec, image_id: str | None) -> bool:
+    """The container runs the target's config and image (the run state aside).
+
+    `network_mode: service:<x>` is outside the hash (it names a container id): the container
+    must be joined to the container currently kept for <x>, so it is recreated with it.
+    """
+    if cur.config_hash != spec.config_hash or image_id is None or cur.image != image_id:
+        return False
+    mode = spec_network_mode(spec)
+    return not mode.startswith(("container:", "service:")) or cur.network_mode == mode
 
 
-def update_decisions(inp: ServiceInputs, ctx: PlanContext) -> list[Decision]:
-    """A current container and a target for the same service name."""
-    cur, tgt, spec = inp.current, inp.target, inp.spec
-    assert cur is not None and tgt is not None and spec is not None
-    if not inp.special_kill and same_config(inp, ctx):
-        return _settle(inp, ctx)
-    return _strategy(inp, ctx)
+def in_target_state(cur: ContainerInfo, spec: ContainerSpec, image_id: str | None) -> bool:
+    """Nothing but the run state left to do: same config and already renamed."""
+    return cur.name == spec.name and same_config(cur, spec, image_id)
 
 
-def _settle(inp: ServiceInputs, ctx: PlanContext) -> list[Decision]:
+def plan_service(p: Pair, ctx: PlanContext) -> list[Decision]:
+    if p.current is None:
+        return _install(p, ctx)
+    if not p.special_kill and same_config(p.current, p.spec, ctx.image_ids.get(p.target.image)):
+        return _settle(p, p.current, ctx)
+    return _update(p, p.current, ctx)
+
+
+def _noop(p: Pair, why: str) -> list[Decision]:
+    return [Decision(Noop(f"{p.target.name}: {why}", app_id=p.spec.app_id))]
+
+
+def _fetch_or_wait(p: Pair, ctx: PlanContext) -> list[Decision]:
+    if p.target.image in ctx.downloading:
+        return _noop(p, f"downloading {p.target.image}")
+    return [Decision(Fetch(image=p.target.image, app_id=p.spec.app_id,
+                           service_name=p.target.name, commit=p.commit))]
+
+
+def _install(p: Pair, ctx: PlanContext) -> list[Decision]:
+    """No container: fetch, then create (and start) once every dependency is met."""
+    if not p.image_ready:
+        return _fetch_or_wait(p, ctx)
+    if not p.deps_met():
+        # with a reboot pending, let the app settle so the reboot can happen
+        return [] if ctx.reboot_required else _noop(p, "waiting for dependencies")
+    start = p.target.running and not p.requires_reboot
+    return [Decision(Start(spec=p.spec, commit=p.commit, start=start), needs_lock=True)]
+
+
+def _settle(p: Pair, cur: ContainerInfo, ctx: PlanContext) -> list[Decision]:
     """Same config: rename for a release-only change, start or stop for the run state."""
-    cur, tgt, spec = inp.current, inp.target, inp.spec
-    assert cur is not None and tgt is not None and spec is not None
-    if cur.name != spec.name:
-        if strategy_of(tgt.labels) == "download-then-kill" and not inp.all_images_ready:
-            return [Decision(Noop(f"{tgt.name}: waiting for the release's images"))]
-        return [Decision(
-            UpdateMetadata(container_id=cur.id, old_name=cur.name, new_name=spec.name,
-                           app_id=cur.app_id, service_name=cur.service_name, commit=inp.commit),
-            needs_lock=True,
-        )]
-    if tgt.running and not cur.running:
-        if cur.state == "created" or _userland_proxy_race(cur):
-            if label_true(tgt.labels, "io.balena.update.requires-reboot") and _created_this_boot(
-                cur, ctx
-            ):
-                if ctx.reboot_required:
-                    return []
-                return [Decision(RequireReboot(app_id=cur.app_id, service_name=cur.service_name))]
-            if not inp.deps_met:
-                return [Decision(Noop(f"{tgt.name}: dependencies"))]
-            return [Decision(Start(spec=spec, commit=inp.commit, container_id=cur.id),
-                             needs_lock=True)]
-        return []  # exited: Docker's restart policy decides, never the supervisor
-    if not tgt.running and cur.running:
-        return [Decision(
-            Stop(container_id=cur.id, name=cur.name, app_id=cur.app_id,
-                 service_name=cur.service_name, commit=cur.commit),
-            needs_lock=True,
-        )]
+    if cur.name != p.spec.name:
+        if p.strategy == DEFAULT_STRATEGY and not p.all_images_ready:
+            return _noop(p, "waiting for the release's images")
+        return [Decision(UpdateMetadata(
+            container_id=cur.id, old_name=cur.name, new_name=p.spec.name, app_id=cur.app_id,
+            service_name=cur.service_name, commit=p.commit), needs_lock=True)]
+    if p.target.running and not cur.running:
+        if not (cur.state == "created" or _userland_proxy_race(cur)):
+            return []  # exited: Docker's restart policy decides, never the supervisor
+        if p.requires_reboot and _created_this_boot(cur, ctx):
+            if ctx.reboot_required:
+                return []  # breadcrumb set: settle and let the reboot happen
+            return [Decision(RequireReboot(app_id=cur.app_id, service_name=cur.service_name))]
+        if not p.deps_met():
+            return _noop(p, "waiting for dependencies")
+        return [Decision(Start(spec=p.spec, commit=p.commit, container_id=cur.id),
+                         needs_lock=True)]
+    if not p.target.running and cur.running:
+        return [Decision(Stop(container_id=cur.id, name=cur.name, app_id=cur.app_id,
+                              service_name=cur.service_name, commit=cur.commit),
+                         needs_lock=True)]
     return []
 
 
-def _strategy(inp: ServiceInputs, ctx: PlanContext) -> list[Decision]:
-    cur, tgt, spec = inp.current, inp.target, inp.spec
-    assert cur is not None and tgt is not None and spec is not None
-    strategy = strategy_of(tgt.labels)
-    if strategy in ("kill-then-download", "delete-then-download"):
+def _update(p: Pair, cur: ContainerInfo, ctx: PlanContext) -> list[Decision]:
+    """Config differs (or a network/volume it uses is recreated): the update strategy."""
+    strategy = p.strategy
+    if strategy in KILL_FIRST:
         return [kill(cur)]
-    if not inp.image_ready:
-        return [fetch_or_wait(inp, ctx)]
-    if strategy == "hand-over" and not inp.special_kill:
-        if inp.deps_met and inp.all_images_ready:
-            return [Decision(Handover(container_id=cur.id, name=cur.name, spec=spec,
-                                      commit=inp.commit,
-                                      timeout_ms=handover_timeout(dict(tgt.labels))))]
-        return [Decision(Noop(f"{tgt.name}: hand-over waits for dependencies"))]
-    if inp.all_images_ready:
+    if not p.image_ready:
+        return _fetch_or_wait(p, ctx)
+    # hand-over starts the new container at once: not for a service that must stay stopped
+    # or wait for a reboot, nor when a resource it uses must be recreated first
+    if (strategy == "hand-over" and not p.special_kill and p.target.running
+            and not p.requires_reboot):
+        if p.deps_met():
+            return [Decision(Handover(container_id=cur.id, name=cur.name, spec=p.spec,
+                                      commit=p.commit, timeout_ms=handover_timeout(p.labels)))]
+        return _noop(p, "hand-over waits for dependencies")
+    if p.all_images_ready:
         return [kill(cur)]
-    return [Decision(Noop(f"{tgt.name}: waiting for the release's images before killing"))]
+    return _noop(p, "waiting for the release's images before killing")
 
 
 def _userland_proxy_race(cur: ContainerInfo) -> bool:
-    return bool(_USERLAND_PROXY.search(cur.exit_error or ""))
+    """Exited on a host interface race: upstream starts these again (engine.md §9)."""
+    return cur.state == "exited" and bool(_USERLAND_PROXY.search(cur.exit_error or ""))
 
 
 def _created_this_boot(cur: ContainerInfo, ctx: PlanContext) -> bool:
+    """Both are UTC ISO-8601 strings; without a known boot time assume it is recent."""
     return not ctx.boot_time or cur.created[:19] >= ctx.boot_time[:19]

@@ -29,7 +29,8 @@ def push_target(image: str) -> dict[str, Any]:
 
 def build(client: docker.DockerClient, version: str) -> str:
     script = f"#!/bin/sh\nwhile true; do echo hello {version}; sleep 1; done\n".encode()
-    dockerfile = f"FROM {BASE_IMAGE}\nCOPY run.sh /run.sh\nRUN chmod +x /run.sh\nCMD [\"/run.sh\"]\n"
+    dockerfile = (f"FROM {BASE_IMAGE}\nCOPY run.sh /run.sh\nRUN chmod +x /run.sh\n"
+                  'CMD ["/run.sh"]\n')
     return build_image(client, "local_image_main:latest", dockerfile, {"run.sh": script})
 
 
