@@ -25,13 +25,16 @@ from supervisor import COMPAT_VERSION, system
 from supervisor.board.led import Led, make_led
 from supervisor.board.profiles import BoardProfile, configs_dir, load_board
 from supervisor.engine.docker import DockerEngine
+from supervisor.engine.logs import LogFollowers
 from supervisor.engine.runner import AsyncEngine
 from supervisor.errors import ConfigError, SupervisorError, TargetInvalid
+from supervisor.events import EventBus
 from supervisor.executor import Executor, ExecutorHooks
 from supervisor.host.actions import HostActions, choose_host_actions
 from supervisor.host.breadcrumb import RebootBreadcrumb
 from supervisor.lifecycle import Key, Lifecycles
 from supervisor.locks import UpdateLocks
+from supervisor.logs import LogHub
 from supervisor.model.compose import DeviceContext, wants_supervisor_api
 from supervisor.model.current import Current, DeviceView, ImageProgress, Phase, Snapshot
 from supervisor.model.status import build_services
@@ -66,6 +69,9 @@ class Runtime:
         self.device_name = ""
         self.system_log: deque[tuple[float, str]] = deque(maxlen=500)
         self.log_listeners: list[Any] = []
+        self.logs = LogHub()
+        self.events = EventBus()
+        self.log_listeners.append(self.logs.on_system_log)
         self._snapshot: Snapshot | None = None
         self._seq = 0
         self._scoped_keys: dict[tuple[int, str], str] = {}
@@ -119,6 +125,7 @@ class Runtime:
             lock_block = LockBlock(app_id=err.app_id or 0, service_name=err.service or "",
                                    path=err.path or "",
                                    since=state.locked_since or time.time())
+        old = self._snapshot
         self._snapshot = Snapshot(
             seq=self._seq,
             device=self._device,
@@ -137,6 +144,7 @@ class Runtime:
             engine_ok=True,
             loop_heartbeat=state.heartbeat if state else 0.0,
         )
+        self.events.snapshot_changed(old, self._snapshot)
 
     def _phase_changed(self, key: Key, phase: Phase) -> None:
         if hasattr(self, "reconciler"):
@@ -300,6 +308,7 @@ class Runtime:
         if self.host.name != "systemd":
             self.host = _SimulatedReboot(self.host, self._simulated_reboot)
         self.engine = AsyncEngine(DockerEngine(s.docker_host))
+        self.log_followers = LogFollowers(s.docker_host, self.logs.publish_many)
         for entry in await self.store.journal_open():
             _LOGGER.warning("step %s was interrupted by a restart", entry.kind)
             await self.store.journal_end(entry.id, "interrupted")
@@ -369,6 +378,7 @@ class Runtime:
                                             json.dumps(details))
 
     def _on_docker_event(self, event: dict[str, Any]) -> None:
+        self.log_followers.on_docker_event(event)
         if event.get("Action") in ("die", "start", "destroy", "stop", "kill", "oom"):
             self.reconciler.mark_dirty()
 
@@ -376,8 +386,10 @@ class Runtime:
         await self.start()
         from supervisor.api.actions import RuntimeApi
         from supervisor.api.app import build_app
+        from supervisor.api.streams import stream_endpoints
 
-        app = build_app(RuntimeApi(self))
+        api = RuntimeApi(self)
+        app = build_app(api, extra=stream_endpoints(api))
         config = uvicorn.Config(
             app, host=self.settings.listen_host, port=self.settings.listen_port,
             log_level="warning", access_log=False, lifespan="off",
@@ -388,6 +400,12 @@ class Runtime:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         self.engine.start_events(self._on_docker_event)
+        try:
+            for container in (await self.engine.observe()).containers:
+                if container.running:
+                    self.log_followers.follow(container.id)
+        except SupervisorError as err:
+            _LOGGER.warning("cannot attach to container logs yet: %s", err)
         tasks = [
             asyncio.create_task(self.reconciler.run(), name="reconciler"),
             asyncio.create_task(_guard_server(server), name="api"),
@@ -399,6 +417,9 @@ class Runtime:
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 2)
+        self.logs.close()
+        self.events.close()
+        await asyncio.to_thread(self.log_followers.close)
         self.engine.close()
         await self.store.close()
 

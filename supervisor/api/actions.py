@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from supervisor.api.context import JournalParams, KeyRecord, ServiceAction
@@ -27,6 +28,8 @@ from supervisor.model.target import parse_local_target
 from supervisor.volume_cleanup import cleanup_volumes
 
 if TYPE_CHECKING:
+    from supervisor.events import EventBus
+    from supervisor.logs import LogHub
     from supervisor.runtime import Runtime
 
 _LOGGER = logging.getLogger(__name__)
@@ -54,6 +57,18 @@ class RuntimeApi:
     @property
     def actions(self) -> RuntimeActions:
         return self._actions
+
+    @property
+    def logs(self) -> LogHub:
+        return self._rt.logs
+
+    @property
+    def events(self) -> EventBus:
+        return self._rt.events
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self._rt.settings.data_dir)
 
     def lookup_key(self, key: str) -> KeyRecord | None:
         return self._rt.store.lookup_api_key_cached(key)
