@@ -33,6 +33,12 @@ _STATUS_TIMEOUT_S = 10.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == ["devcloud"]:
+        # the development fleet server: its own CLI, never imported by the agent itself
+        from supervisor.devcloud.cli import main as devcloud_main
+
+        return devcloud_main(words[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -161,27 +161,41 @@ def unlink(path: Path) -> None:
 
 
 class UpdateLocks:
-    """Async façade used by the executor and the API actions; remembers which apps it holds."""
+    """Async façade used by the executor and the API actions; remembers who holds which app.
+
+    `owner` tells the reconciliation loop ("loop") from one-shot API actions ("action"): each
+    releases only what it took, and one cannot take an app the other holds (upstream's
+    in-process per-app lock).
+    """
 
     def __init__(self, root: str | Path) -> None:
         self.dir = LockDir(root)
-        self._held: dict[int, tuple[list[Path], float]] = {}
+        self._held: dict[int, tuple[list[Path], float, str]] = {}
         self._app_locks: dict[int, asyncio.Lock] = {}
 
-    def held_apps(self) -> frozenset[int]:
-        return frozenset(self._held)
+    def held_apps(self, owner: str = "loop") -> frozenset[int]:
+        return frozenset(app for app, held in self._held.items() if held[2] == owner)
 
-    async def take(self, app_id: int, services: Iterable[str], *, force: bool) -> None:
+    async def take(self, app_id: int, services: Iterable[str], *, force: bool,
+                   owner: str = "loop") -> None:
         services = tuple(services)
         lock = self._app_locks.setdefault(app_id, asyncio.Lock())
         async with lock:
-            paths = await asyncio.to_thread(self.dir.take, app_id, services, force=force)
             prev = self._held.get(app_id)
+            if prev is not None and prev[2] != owner:
+                raise UpdatesLocked(
+                    f"Locks for app {app_id} are being held by another supervisor operation",
+                    app_id=app_id,
+                )
+            paths = await asyncio.to_thread(self.dir.take, app_id, services, force=force)
             merged = list(dict.fromkeys([*(prev[0] if prev else []), *paths]))
-            self._held[app_id] = (merged, prev[1] if prev else time.time())
+            self._held[app_id] = (merged, prev[1] if prev else time.time(), owner)
 
-    async def release(self, app_id: int) -> None:
-        held = self._held.pop(app_id, None)
+    async def release(self, app_id: int, owner: str = "loop") -> None:
+        held = self._held.get(app_id)
+        if held is not None and held[2] != owner:
+            return  # someone else's: they release it
+        self._held.pop(app_id, None)
         paths = held[0] if held else []
         await asyncio.to_thread(self._release_sync, app_id, paths)
 

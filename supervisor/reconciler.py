@@ -43,6 +43,8 @@ class LoopState:
     heartbeat: float = 0.0
     apply_started: float = 0.0
     last_success: float = 0.0
+    observe_failing_since: float | None = None  # monotonic; the engine did not answer
+    held: str | None = None  # why applying is paused (failure budget), until a new target
 
 
 class Reconciler:
@@ -77,11 +79,26 @@ class Reconciler:
 
     def mark_dirty(self, *, force: bool = False) -> None:
         self._force = self._force or force
+        if force:
+            self.state.held = None
         self._dirty.set()
+
+    def hold(self, reason: str) -> None:
+        """Stop applying (the device keeps running what it has) until a new target arrives or
+        an update is forced. Used by the cloud's failure budget."""
+        self.state.held = reason
+        self._publish()
+
+    @property
+    def batch_in_flight(self) -> bool:
+        """A batch that changes containers is running (a download-only batch does not count)."""
+        batch = self._batch
+        return batch is not None and not batch.done() and not self._only_downloads
 
     def target_changed(self, *, force: bool = False) -> None:
         """A new target: reset the failure count and abandon a batch that only downloads."""
         self.state.failures = 0
+        self.state.held = None
         self._target_changed = True
         batch = self._batch
         if batch is not None and not batch.done() and self._only_downloads:
@@ -96,14 +113,15 @@ class Reconciler:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._dirty.wait(), RESYNC_INTERVAL)
             self._dirty.clear()
-            await self.apply_until_settled()
+            if self.state.held is None:
+                await self.apply_until_settled()
 
     async def apply_until_settled(self) -> None:
         self.state.applying = True
         self.state.apply_started = time.monotonic()
         self._publish()
         try:
-            while True:
+            while self.state.held is None:
                 self._target_changed = False
                 steps = await self._round()
                 if steps is None:
@@ -120,8 +138,11 @@ class Reconciler:
         try:
             current = await self._observe()
         except SupervisorError as err:
+            if self.state.observe_failing_since is None:
+                self.state.observe_failing_since = time.monotonic()
             await self._failed(err)
             return ()
+        self.state.observe_failing_since = None
         self.current = current
         ctx = await self._context(current)
         if self._force:

@@ -24,6 +24,7 @@ import uvicorn
 from supervisor import COMPAT_VERSION, system
 from supervisor.board.led import Led, make_led
 from supervisor.board.profiles import BoardProfile, configs_dir, load_board
+from supervisor.cloud.sync import CloudSync
 from supervisor.engine.docker import DockerEngine
 from supervisor.engine.logs import LogFollowers
 from supervisor.engine.runner import AsyncEngine
@@ -80,6 +81,7 @@ class Runtime:
         self.reconciler: Reconciler
         self.started_at = time.monotonic()
         self._pulling: set[str] = set()
+        self.cloud: CloudSync | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- the snapshot --------------------------------------------------------------------------
@@ -92,6 +94,11 @@ class Runtime:
     @property
     def local_mode(self) -> bool:
         return self.target_source == "local"
+
+    @property
+    def downloading(self) -> bool:
+        """An image pull is in flight (the health check does not count pull time)."""
+        return bool(self._pulling)
 
     def device_view(self) -> DeviceView:
         return DeviceView(
@@ -166,7 +173,7 @@ class Runtime:
         if source == self.target_source:
             self.target = target
             self.device_name = target.name or self.device_name
-            await self._ensure_scoped_keys(target)
+            await self.ensure_scoped_keys(target)
             self.publish()
             self.reconciler.target_changed(force=force)
 
@@ -191,9 +198,9 @@ class Runtime:
             self.device_name = target.name or self.device_name
             self.log(f"Applying local target from {local}")
         if self.target is not None:
-            await self._ensure_scoped_keys(self.target)
+            await self.ensure_scoped_keys(self.target)
 
-    async def _ensure_scoped_keys(self, target: TargetState) -> None:
+    async def ensure_scoped_keys(self, target: TargetState) -> None:
         for app in target.apps.values():
             if app.release is None:
                 continue
@@ -347,7 +354,7 @@ class Runtime:
         try:
             for app_id in apps:
                 services = {c.service_name for c in current.containers_of(app_id)}
-                await self.locks.take(app_id, sorted(services), force=False)
+                await self.locks.take(app_id, sorted(services), force=False, owner="reboot")
                 taken.append(app_id)
             self.log("Rebooting")
             await self.host.reboot()
@@ -355,7 +362,7 @@ class Runtime:
             self.log(f"Reboot postponed: {err}")
         finally:
             for app_id in taken:
-                await self.locks.release(app_id)
+                await self.locks.release(app_id, owner="reboot")
 
     def _simulated_reboot(self) -> None:
         """A dry-run reboot: behave as a device that just booted (new boot time), so what
@@ -410,6 +417,10 @@ class Runtime:
             asyncio.create_task(self.reconciler.run(), name="reconciler"),
             asyncio.create_task(_guard_server(server), name="api"),
         ]
+        self.reconciler_task = tasks[0]
+        if not self.settings.unmanaged:
+            self.cloud = CloudSync(self)
+            tasks.append(asyncio.create_task(self.cloud.run(), name="cloud"))
         await self._stop.wait()
         _LOGGER.info("stopping")
         server.should_exit = True

@@ -129,7 +129,7 @@ class RuntimeActions:
         new_key = await rt.store.regenerate_api_key(old_key)  # NotFound for an unknown key
         if rt.target is not None:
             # refresh the keys the container specs inject (runtime-private helper; see report)
-            await rt._ensure_scoped_keys(rt.target)
+            await rt.ensure_scoped_keys(rt.target)
         return new_key
 
     async def get_host_config(self) -> dict[str, Any]:
@@ -139,13 +139,23 @@ class RuntimeActions:
         await self.device.patch_host_config(body, force)
 
     async def health(self) -> tuple[bool, str]:
+        """config.md §9, with our fixes: a lock wait never fails the check (the loop is
+        alive, retrying); a dead loop or an engine gone for two minutes does."""
         rt = self._rt
+        task = getattr(rt, "reconciler_task", None)
+        if task is not None and task.done():
+            return False, "the reconciliation loop has stopped"
         state = rt.reconciler.state
-        if state.applying and not rt._pulling:
-            stuck = time.monotonic() - state.heartbeat
+        now = time.monotonic()
+        if state.observe_failing_since is not None and now - state.observe_failing_since > 120:
+            return False, "the container engine has not answered for 2 minutes"
+        if state.applying and not rt.downloading and state.last_error_locked is None:
+            stuck = now - state.heartbeat
             limit = 2 * rt.settings.poll_interval_ms / 1000
             if stuck > limit:
                 return False, f"reconciler stuck for {stuck:.0f} s"
+        if rt.cloud is not None:
+            return rt.cloud.healthy()
         return True, ""
 
     async def set_local_target(self, body: object, force: bool) -> None:
@@ -161,10 +171,16 @@ class RuntimeActions:
                                   image_ids=rt.image_ids)
 
     async def get_tags(self) -> list[dict[str, Any]]:
-        raise NotFound("device tags need a cloud connection")
+        if self._rt.cloud is None:
+            raise NotFound("device tags need a cloud connection")
+        return await self._rt.cloud.get_tags()
 
     async def set_tags(self, tags: Mapping[str, str]) -> None:
-        await self._rt.store.set_tags("target", tags)
+        if self._rt.cloud is not None:
+            await self._rt.cloud.set_tags(tags)
+        else:
+            await self._rt.store.set_tags("target", {**await self._rt.store.tags("target"),
+                                                     **tags})
 
     async def vpn_status(self) -> tuple[bool, bool]:
         return False, False

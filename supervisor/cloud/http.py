@@ -1,0 +1,151 @@
+"""The cloud HTTP client: one JSON request at a time, standard library only.
+
+Every cloud call of the agent goes through `CloudClient.request()`: provisioning
+(`provision.py`), target polling (`poller.py`), state and tag reports (`reporter.py`). The
+blocking `urllib` call runs in a worker thread (`asyncio.to_thread`), so the event loop never
+waits on the network. There are no automatic retries: callers own their backoff (state.md §5.2,
+§6.4). Environment proxies are ignored on purpose: balenaOS proxies at the OS level (redsocks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import gzip
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from supervisor.errors import SupervisorError
+
+DEFAULT_TIMEOUT_S = 59.0  # apiRequestTimeout (config.md §1.2)
+
+# No ProxyHandler: urllib would otherwise read http_proxy & co from the environment.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class CloudError(SupervisorError):
+    """A cloud call failed: no answer (`status` None) or an unexpected HTTP status."""
+
+    http_status = 503
+
+    def __init__(self, message: str, *, status: int | None = None,
+                 retry_after: float | None = None, body: bytes = b"") -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after  # seconds, from a Retry-After header
+        self.body = body
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    headers: Mapping[str, str] = field(default_factory=dict)  # lower-cased names
+    body: bytes = b""
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.body.decode("utf-8")) if self.body else None
+        except (UnicodeDecodeError, ValueError) as err:
+            raise CloudError(f"the cloud sent invalid JSON: {err}", status=self.status) from err
+
+    def error(self, what: str) -> CloudError:
+        """The CloudError for an unexpected status of this response."""
+        detail = self.body[:200].decode("utf-8", "replace").strip()
+        return CloudError(
+            f"{what}: HTTP {self.status}" + (f" {detail}" if detail else ""),
+            status=self.status, retry_after=parse_retry_after(self.headers.get("retry-after")),
+            body=self.body,
+        )
+
+
+class Requester(Protocol):
+    """What the cloud modules need of a client (CloudClient, or a fake in unit tests)."""
+
+    async def request(self, method: str, path: str, *, body: Any = None,
+                      key: str | None = None,
+                      headers: Mapping[str, str] | None = None) -> Response: ...
+
+
+class CloudClient:
+    """JSON requests to the API endpoint, authenticated with the device (or a given) key."""
+
+    def __init__(self, endpoint: str | Callable[[], str], *, api_key: Callable[[], str],
+                 user_agent: str, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        self._endpoint = endpoint
+        self._api_key = api_key
+        self.user_agent = user_agent
+        self.timeout = timeout
+
+    @property
+    def endpoint(self) -> str:
+        value = self._endpoint() if callable(self._endpoint) else self._endpoint
+        return value.rstrip("/")
+
+    async def request(self, method: str, path: str, *, body: Any = None,
+                      key: str | None = None,
+                      headers: Mapping[str, str] | None = None) -> Response:
+        """Send one request; any HTTP status is a Response, no answer at all a CloudError."""
+        url = self.endpoint + path
+        all_headers = {
+            "User-Agent": self.user_agent,
+            "Accept": "application/json",
+            "Accept-Encoding": "gzip",
+            "Authorization": f"Bearer {key if key is not None else self._api_key()}",
+            **(headers or {}),
+        }
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode("utf-8")
+            all_headers["Content-Type"] = "application/json"
+        request = urllib.request.Request(url, data=data, method=method, headers=all_headers)
+        return await asyncio.to_thread(send, request, self.timeout)
+
+
+def send(request: urllib.request.Request, timeout: float) -> Response:
+    """Blocking: run in a worker thread. Any HTTP status is a Response."""
+    try:
+        with _OPENER.open(request, timeout=timeout) as answer:
+            return _response(answer.status, answer.headers, answer.read())
+    except urllib.error.HTTPError as err:
+        with err:
+            return _response(err.code, err.headers, err.read())
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        reason = getattr(err, "reason", None) or err
+        raise CloudError(f"cannot reach {request.full_url}: {reason}") from err
+
+
+def _response(status: int, headers: Any, body: bytes) -> Response:
+    names = {k.lower(): v for k, v in (headers.items() if headers is not None else ())}
+    if names.get("content-encoding", "").lower() == "gzip" and body:
+        try:
+            body = gzip.decompress(body)
+        except (OSError, EOFError) as err:
+            raise CloudError(f"the cloud sent a corrupt gzip body: {err}", status=status) from err
+    return Response(status=status, headers=names, body=body)
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Retry-After as seconds: a number of seconds or an HTTP date; None when unusable."""
+    if not value:
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError):
+            return None
+        if when is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    return max(0.0, seconds)

@@ -1,0 +1,290 @@
+"""CloudSync: the managed device's link to its cloud (state.md §4-§8), one task of the runtime.
+
+`run()` provisions first (retrying until it succeeds), then runs, each guarded:
+
+* the poller: targets in (`Runtime.set_target(..., source="cloud")`, then the raw body and its
+  ETag cached with `store.save_target("cloud", body, etag)`, so an offline boot runs it);
+* the reporter: the snapshot out as diffed `PATCH /device/v3/state`;
+* the tag reporter (`PATCH /device/v3/tags`);
+* a watcher that wakes the reporter when the snapshot changes and feeds the failure budget.
+
+The runtime calls `poll_now(force, cancel)` for `POST /v1/update`, `healthy()` for
+`GET /v1/healthy`, and `set_tags()` / `get_tags()` for `/v2/device/tags`.
+Nothing runs for an unmanaged device (no apiEndpoint): the runtime does not create CloudSync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from supervisor import COMPAT_VERSION, system
+from supervisor.cloud.failures import FailureBudget, config_var, limit_from, target_hash
+from supervisor.cloud.http import CloudClient
+from supervisor.cloud.poller import Poller
+from supervisor.cloud.provision import DeviceInfo, provision
+from supervisor.cloud.reporter import DeviceState, Reporter, device_state
+from supervisor.cloud.tags import TagReporter
+from supervisor.configjson import permissive_bool, permissive_int
+from supervisor.errors import TargetInvalid
+from supervisor.model.target import TargetState, parse_target, to_v3
+
+if TYPE_CHECKING:
+    from supervisor.runtime import Runtime
+
+_LOGGER = logging.getLogger(__name__)
+
+WATCH_EVERY_S = 0.5
+NETWORK_EVERY_S = 30.0  # ip/mac addresses (state.md §6.5)
+UNDERVOLT_EVERY_S = 300.0
+GUARD_RESTART_S = 5.0
+OS_RELEASE = Path("/etc/os-release")
+
+
+class CloudSync:
+    def __init__(self, runtime: Runtime, *, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        self._rt = runtime
+        self._clock = clock
+        self._sleep = sleep
+        cfg = runtime.settings.config_json
+        self._config = cfg
+        self.provisioned = asyncio.Event()
+        self._os: dict[str, str] = {}  # /etc/os-release, read when run() starts
+        self.client = CloudClient(lambda: cfg.api_endpoint, api_key=lambda: cfg.device_api_key,
+                                  user_agent=self._user_agent())
+        self.poller = Poller(client=self.client, uuid=lambda: cfg.uuid, sink=self,
+                             interval_ms=self.poll_interval_ms,
+                             instant_updates=self.instant_updates, clock=clock, sleep=sleep,
+                             log=runtime.log)
+        self.reporter = Reporter(
+            client=self.client, uuid=lambda: cfg.uuid, collect=self.collect,
+            cache=runtime.store, interval_ms=self.poll_interval_ms, clock=clock, sleep=sleep,
+            cache_key={"endpoint": cfg.api_endpoint, "uuid": cfg.uuid,
+                       "boot_time": int(system.boot_time())},
+        )
+        self.tags = TagReporter(client=self.client, uuid=lambda: cfg.uuid, store=runtime.store,
+                                interval_ms=self.poll_interval_ms, sleep=sleep)
+        self.budget = FailureBudget(runtime.store, limit=lambda: limit_from(self._target_config()),
+                                    log=runtime.log)
+        self._net: tuple[float, str, str] | None = None
+        self._undervolt: tuple[float, bool] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._hashed: tuple[TargetState, str] | None = None
+
+    # -- what the runtime calls ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        rt = self._rt
+        self._os = await asyncio.to_thread(_os_release)
+        self.client.user_agent = self._user_agent()
+        await provision(self.client, self._config, await self._device_info(),
+                        sleep=self._sleep, log=rt.log)
+        self.provisioned.set()
+        self.poller.etag = await rt.store.target_etag("cloud")
+        await self.budget.set_target(self._current_hash())
+        if self.budget.exhausted:  # given up on before the restart: still given up on
+            self._hold(self.budget.reason or "")
+        async with asyncio.TaskGroup() as group:
+            for name, job in (("cloud-poll", self.poller.run), ("cloud-report", self.reporter.run),
+                              ("cloud-tags", self.tags.run), ("cloud-watch", self._watch)):
+                group.create_task(self._guard(name, job), name=name)
+
+    def poll_now(self, force: bool = False, cancel: bool = False) -> None:
+        """`POST /v1/update`: fetch the target now (a 304 re-applies with force/cancel)."""
+        if force:
+            self._spawn(self._reset_budget())
+        if not self.provisioned.is_set():
+            _LOGGER.info("update requested before provisioning finished: ignored")
+            return
+        self.poller.poll_now(force=force, cancel=cancel)
+
+    def instant_updates(self) -> bool:
+        """`SUPERVISOR_INSTANT_UPDATE_TRIGGER` (default true): /v1/update without force acts."""
+        raw = config_var(self._target_config(), "SUPERVISOR_INSTANT_UPDATE_TRIGGER")
+        value = permissive_bool(raw) if raw is not None else None
+        return True if value is None else value
+
+    def healthy(self) -> tuple[bool, str]:
+        """state.md §7: unhealthy when no target poll succeeded for 2 x the poll interval."""
+        return self.poller.healthy()
+
+    async def set_tags(self, tags: Mapping[str, str]) -> None:
+        await self.tags.set_tags(tags)
+
+    async def get_tags(self) -> list[dict[str, Any]]:
+        return await self.tags.get_tags()
+
+    def poll_interval_ms(self) -> int:
+        """`SUPERVISOR_POLL_INTERVAL` from the target's device config, else the setting."""
+        value = permissive_int(config_var(self._target_config(), "SUPERVISOR_POLL_INTERVAL"))
+        return value if value is not None and value > 0 else self._rt.settings.poll_interval_ms
+
+    # -- TargetSink: what the poller hands over --------------------------------------------------
+
+    async def new_target(self, body: Any, etag: str | None, *, force: bool) -> None:
+        rt = self._rt
+        try:
+            target = parse_target(body, device_uuid=self._config.uuid)
+        except TargetInvalid as err:
+            rt.log(f"Could not move to new release: Invalid target state. {err}")
+            raise
+        await self.budget.set_target(target_hash(to_v3(target)))
+        if force:
+            await self.budget.reset()
+        await rt.set_target(target, source="cloud", force=force)
+        # After set_target, which stores the parsed target without its ETag.
+        await rt.store.save_target("cloud", body, etag)
+        self.reporter.changed()
+
+    async def reapply(self, *, force: bool, cancel: bool) -> None:
+        reconciler = self._rt.reconciler
+        if cancel:
+            reconciler.target_changed(force=force)
+        else:
+            reconciler.mark_dirty(force=force)
+
+    # -- the report --------------------------------------------------------------------------
+
+    async def collect(self) -> DeviceState:
+        rt = self._rt
+        snapshot = rt.snapshot
+        now = self._clock()
+        if self._net is None or now - self._net[0] >= NETWORK_EVERY_S:
+            ips = await asyncio.to_thread(system.ip_addresses)
+            macs = await asyncio.to_thread(system.mac_addresses)
+            self._net = (now, " ".join(ips), " ".join(macs))
+        if self._undervolt is None or now - self._undervolt[0] >= UNDERVOLT_EVERY_S:
+            self._undervolt = (now, await asyncio.to_thread(system.undervoltage_detected))
+        metrics: dict[str, Any] = {}
+        hw = permissive_bool(config_var(self._target_config(), "SUPERVISOR_HARDWARE_METRICS"))
+        if hw is not False:
+            info = await asyncio.to_thread(system.probe, rt.settings.data_dir)
+            metrics = info.metrics()
+        status = "Idle"
+        aborted: tuple[str, ...] = ()
+        if self.budget.exhausted:
+            status = f"Update failed: {self.budget.reason or 'unknown error'}"[:255]
+            aborted = self._pending_commits()
+        return device_state(
+            snapshot, api_secret=self._global_key(), os_variant=self._os_variant(),
+            ip_address=self._net[1], mac_address=self._net[2], metrics=metrics,
+            is_undervolted=self._undervolt[1], status=status, aborted=aborted,
+        )
+
+    # -- internals ----------------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        """Wake the reporter on snapshot changes; count failed apply rounds."""
+        seq, seen_failures, settled_at = -1, 0, 0.0
+        while True:
+            state = self._rt.reconciler.state
+            snapshot = self._rt.snapshot
+            if snapshot.seq != seq:
+                seq = snapshot.seq
+                self.reporter.changed()
+            await self.budget.set_target(self._current_hash())
+            if state.failures > seen_failures:
+                for _ in range(state.failures - seen_failures):
+                    if await self.budget.failed(state.last_error or "unknown error"):
+                        self._hold(self.budget.reason or "")
+                        self.reporter.changed()
+            seen_failures = state.failures
+            if state.last_success != settled_at:
+                settled_at = state.last_success
+                if settled_at and not state.failures:
+                    await self.budget.reset()
+            await self._sleep(WATCH_EVERY_S)
+
+    async def _reset_budget(self) -> None:
+        await self.budget.reset()
+        self.reporter.changed()
+
+    def _hold(self, reason: str) -> None:
+        # Proposed Reconciler.hold(reason): stop retrying until target_changed() or a forced
+        # mark_dirty(). Until the reconciler has it, the loop keeps retrying with its backoff.
+        hold = getattr(self._rt.reconciler, "hold", None)
+        if callable(hold):
+            hold(reason)
+
+    def _current_hash(self) -> str | None:
+        target = self._rt.target
+        if target is None:
+            return None
+        if self._hashed is None or self._hashed[0] is not target:
+            self._hashed = (target, target_hash(to_v3(target)))
+        return self._hashed[1]
+
+    def _pending_commits(self) -> tuple[str, ...]:
+        """The target's releases the device is not running yet (all of them if none)."""
+        target = self._rt.target
+        if target is None:
+            return ()
+        commits = self._rt.snapshot.commits
+        wanted = {app.app_id: app.release.commit for app in target.apps.values()
+                  if app.release is not None}
+        pending = tuple(c for app_id, c in wanted.items() if commits.get(app_id) != c)
+        return pending or tuple(wanted.values())
+
+    def _target_config(self) -> Mapping[str, str]:
+        target = self._rt.target
+        return target.config if target is not None else {}
+
+    def _global_key(self) -> str | None:
+        for key in self._rt.store.api_keys_cached():
+            if key.app_id == 0 and key.service_name is None and key.is_global:
+                return key.key
+        return None
+
+    def _os_variant(self) -> str:
+        variant = self._os.get("VARIANT_ID")
+        if variant:
+            return variant
+        return "dev" if self._config.development_mode else "prod"
+
+    def _user_agent(self) -> str:
+        pretty = self._os.get("PRETTY_NAME", "unknown")
+        return f"Supervisor/{COMPAT_VERSION} (Linux; {pretty}; {self._os_variant()})"
+
+    async def _device_info(self) -> DeviceInfo:
+        rt = self._rt
+        macs = await asyncio.to_thread(system.mac_addresses)
+        return DeviceInfo(
+            device_type=rt.settings.device_type or rt.board.slug,
+            supervisor_version=COMPAT_VERSION,
+            os_version=self._os.get("PRETTY_NAME", "unknown"),
+            os_variant=self._os_variant(),
+            mac_address=" ".join(macs),
+        )
+
+    async def _guard(self, name: str, job: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Keep an eternal task alive: a crash is logged and the task restarted."""
+        while True:
+            try:
+                await job()
+                _LOGGER.error("%s returned; restarting it", name)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                _LOGGER.exception("%s crashed; restarting it in %.0f s", name, GUARD_RESTART_S)
+            await self._sleep(GUARD_RESTART_S)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _os_release(path: Path = OS_RELEASE) -> dict[str, str]:
+    values: dict[str, str] = {}
+    with contextlib.suppress(OSError):
+        for line in path.read_text().splitlines():
+            key, sep, value = line.partition("=")
+            if sep:
+                values[key.strip()] = value.strip().strip('"')
+    return values

@@ -1,0 +1,446 @@
+"""The devcloud HTTP server: the device-facing cloud API, the API proxy and the admin API.
+
+Device-facing (what the agent's `supervisor/cloud` calls; state.md §4-§8):
+  POST  /device/register                     provisioning key -> new device (201; 409 if known)
+  GET   /v7/device?$filter=uuid eq '<uuid>'  lookup for the key exchange ({"d": [{"id"}]})
+  PATCH /v7/device(<id>)                     {"device_name"} (initialDeviceName)
+  POST  /api-key/device/<id>/device-key      {"apiKey"}: set the device key (provisioning key)
+  GET   /device/v3/<uuid>/state              the target, with ETag / If-None-Match -> 304
+  PATCH /device/v3/state                     state report (merged; api_secret kept)
+  PATCH /device/v3/tags, GET /v7/device_tag  device tags
+  POST  /device/v2/<uuid>/log-stream         gzip NDJSON logs (last lines kept in memory)
+Proxy (admin token): POST /supervisor/<path>  (see proxy.py)
+Admin (admin token): /admin/fleets..., /admin/devices... (see `_admin_routes`); every change
+that alters targets notifies the affected devices with `POST /v1/update`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import re
+import zlib
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from supervisor.devcloud import proxy
+from supervisor.devcloud.db import Db, Kind, Scope
+from supervisor.errors import BadRequest, Forbidden, NotFound, SupervisorError, Unauthorized
+
+_LOGGER = logging.getLogger(__name__)
+
+_FILTER_UUID = re.compile(r"uuid eq '([^']*)'")
+LOG_LINES_KEPT = 1000
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class DevCloud:
+    """The server's state: the database, the admin token, logs, background notifications."""
+
+    def __init__(self, db: Db, token: str) -> None:
+        self.db = db
+        self.token = token
+        self.logs: dict[str, deque[dict[str, Any]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- auth ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def bearer(request: Request) -> str:
+        header = request.headers.get("authorization", "")
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() in ("bearer", "apikey") and value.strip():
+            return value.strip()
+        return request.query_params.get("apikey", "")
+
+    def is_admin(self, request: Request) -> bool:
+        return hmac.compare_digest(self.bearer(request).encode(), self.token.encode())
+
+    def require_admin(self, request: Request) -> None:
+        if not self.is_admin(request):
+            raise Unauthorized("admin token required")
+
+    async def device_of(self, request: Request, uuid: str | None = None) -> dict[str, Any]:
+        """The device whose key authenticates the request (and, if given, has `uuid`)."""
+        device = await self.db.run(self.db.device_by_key, self.bearer(request))
+        if device is None:
+            raise Unauthorized("unknown device key")
+        if uuid is not None and device["uuid"] != uuid:
+            raise Forbidden("this key belongs to another device")
+        return device
+
+    # -- notifications --------------------------------------------------------------------------
+
+    def notify(self, devices: list[dict[str, Any]]) -> None:
+        task = asyncio.create_task(proxy.notify_update(devices), name="devcloud-notify")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def notify_fleet(self, fleet_id: int) -> None:
+        self.notify(await self.db.run(self.db.devices, fleet_id))
+
+
+# ---------------------------------------------------------------------------- device-facing
+
+
+async def register(request: Request) -> Response:
+    cloud: DevCloud = request.app.state.cloud
+    fleet_id = await cloud.db.run(cloud.db.fleet_of_provisioning_key, cloud.bearer(request))
+    if fleet_id is None:
+        raise Unauthorized("unknown provisioning key")
+    body = await _json(request)
+    application = body.get("application")
+    if application is not None and str(application) != str(fleet_id):
+        raise Forbidden(f"the provisioning key is not one of fleet {application}")
+    uuid = body.get("uuid")
+    if not isinstance(uuid, str) or not uuid:
+        raise BadRequest("uuid is required")
+    device = await cloud.db.run(cloud.db.register_device, fleet_id, uuid,
+                                str(body.get("device_type") or "generic"),
+                                str(body.get("api_key") or ""))
+    _LOGGER.info("registered device %s (id %s) in fleet %s", uuid, device["id"], fleet_id)
+    return JSONResponse({"id": device["id"], "uuid": uuid, "name": device["name"],
+                         "device_type": device["device_type"], "application": fleet_id},
+                        status_code=201)
+
+
+async def find_device(request: Request) -> Response:
+    cloud: DevCloud = request.app.state.cloud
+    match = _FILTER_UUID.search(request.query_params.get("$filter", ""))
+    if match is None:
+        raise BadRequest("this devcloud only answers $filter=uuid eq '<uuid>'")
+    try:
+        device = await cloud.db.run(cloud.db.device, match.group(1))
+    except NotFound:
+        return JSONResponse({"d": []})
+    if not await _may_see(cloud, request, device):
+        return JSONResponse({"d": []})
+    select = request.query_params.get("$select", "id,uuid,device_name")
+    full = {"id": device["id"], "uuid": device["uuid"], "device_name": device["name"],
+            "belongs_to__application": {"__id": device["fleet_id"]}}
+    return JSONResponse({"d": [{k: full[k] for k in select.split(",") if k in full}]})
+
+
+async def _may_see(cloud: DevCloud, request: Request, device: dict[str, Any]) -> bool:
+    key = cloud.bearer(request)
+    if cloud.is_admin(request) or (key and hmac.compare_digest(key, device["api_key"])):
+        return True
+    fleet_id = await cloud.db.run(cloud.db.fleet_of_provisioning_key, key)
+    return fleet_id == device["fleet_id"]
+
+
+async def patch_device(request: Request) -> Response:
+    cloud: DevCloud = request.app.state.cloud
+    device = await cloud.db.run(cloud.db.device, int(request.path_params["id"]))
+    if not (cloud.is_admin(request) or cloud.bearer(request) == device["api_key"]):
+        raise Unauthorized("not allowed to change this device")
+    body = await _json(request)
+    name = body.get("device_name")
+    if name is not None:
+        await cloud.db.run(cloud.db.update_device, device["id"], name=str(name))
+    return PlainTextResponse("OK")
+
+
+async def device_key(request: Request) -> Response:
+    cloud: DevCloud = request.app.state.cloud
+    device = await cloud.db.run(cloud.db.device, int(request.path_params["id"]))
+    fleet_id = await cloud.db.run(cloud.db.fleet_of_provisioning_key, cloud.bearer(request))
+    if fleet_id != device["fleet_id"] and not cloud.is_admin(request):
+        raise Unauthorized("a provisioning key of the device's fleet is required")
+    key = (await _json(request)).get("apiKey")
+    if not isinstance(key, str) or not key:
+        raise BadRequest("apiKey is required")
+    await cloud.db.run(cloud.db.update_device, device["id"], api_key=key)
+    return JSONResponse(key)
+
+
+async def target_state(request: Request) -> Response:
+    cloud: DevCloud = request.app.state.cloud
+    device = await cloud.device_of(request, request.path_params["uuid"])
+    body, etag = await cloud.db.run(cloud.db.target, device["uuid"])
+    await cloud.db.run(cloud.db.touch_poll, device["id"])
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers={"ETag": etag})
+    return JSONResponse(body, headers={"ETag": etag})
+
+
+async def report_state(request: Request) -> Response:
+    cloud: DevCloud = request.app.state.cloud
+    body = await _json(request)
+    for uuid, fields in body.items():
+        if not isinstance(fields, dict):
+            raise BadRequest(f"the report of {uuid} must be an object")
+        device = await cloud.device_of(request, uuid)
+        await cloud.db.run(cloud.db.merge_state, device["id"], fields)
+    return PlainTextResponse("OK")
+
+
+async def report_tags(request: Request) -> Response:
+    cloud: DevCloud = request.app.state.cloud
+    body = await _json(request)
+    for uuid, tags in body.items():
+        if not isinstance(tags, dict):
+            raise BadRequest(f"the tags of {uuid} must be an object")
+        device = await cloud.device_of(request, uuid)
+        await cloud.db.run(cloud.db.set_tags, device["id"], tags)
+    return PlainTextResponse("OK")
+
+
+async def device_tags(request: Request) -> Response:
+    cloud: DevCloud = request.app.state.cloud
+    match = re.search(r"device/uuid eq '([^']*)'", request.query_params.get("$filter", ""))
+    if match is None:
+        raise BadRequest("this devcloud only answers $filter=device/uuid eq '<uuid>'")
+    device = await cloud.db.run(cloud.db.device, match.group(1))
+    if not (cloud.is_admin(request) or cloud.bearer(request) == device["api_key"]):
+        raise Unauthorized("not allowed to read this device's tags")
+    return JSONResponse({"d": await cloud.db.run(cloud.db.tags, device["id"])})
+
+
+async def log_stream(request: Request) -> Response:
+    cloud: DevCloud = request.app.state.cloud
+    device = await cloud.device_of(request, request.path_params["uuid"])
+    lines = cloud.logs.setdefault(device["uuid"], deque(maxlen=LOG_LINES_KEPT))
+    gzipped = request.headers.get("content-encoding", "").lower() == "gzip"
+    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS) if gzipped else None
+    pending = b""
+    async for chunk in request.stream():
+        pending += inflate.decompress(chunk) if inflate is not None else chunk
+        *complete, pending = pending.split(b"\n")
+        for line in complete:
+            if line.strip():
+                try:
+                    lines.append(json.loads(line))
+                except ValueError:
+                    lines.append({"message": line.decode("utf-8", "replace")})
+    return PlainTextResponse("OK")
+
+
+# ---------------------------------------------------------------------------- the API proxy
+
+
+async def supervisor_proxy(request: Request) -> Response:
+    cloud: DevCloud = request.app.state.cloud
+    cloud.require_admin(request)
+    body = await _json(request)
+    method = str(body.get("method") or "POST").upper()
+    data = body.get("data")
+    path = "/" + request.path_params["path"]
+    query = {k: v for k, v in request.query_params.items() if k != "apikey"}
+    if "appId" in body:
+        fleet = await cloud.db.run(cloud.db.fleet, str(body["appId"]))
+        devices = await cloud.db.run(cloud.db.devices, fleet["id"])
+
+        async def one(device: dict[str, Any]) -> dict[str, Any]:
+            try:
+                answer = await proxy.call_device(device, path, method=method, data=data,
+                                                 query=query)
+            except proxy.DeviceUnreachable as err:
+                return proxy.result_entry(device, err)
+            return proxy.result_entry(device, answer)
+
+        return JSONResponse(list(await asyncio.gather(*(one(d) for d in devices))))
+    if "uuid" in body:
+        device = await cloud.db.run(cloud.db.device, str(body["uuid"]))
+    elif "deviceId" in body:
+        device = await cloud.db.run(cloud.db.device, _int(body["deviceId"], "deviceId"))
+    else:
+        raise BadRequest("the body needs one of uuid, deviceId or appId")
+    try:
+        answer = await proxy.call_device(device, path, method=method, data=data, query=query)
+    except proxy.DeviceUnreachable as err:
+        return JSONResponse({"error": str(err)}, status_code=502)
+    headers = {"Content-Type": answer.headers["content-type"]} \
+        if "content-type" in answer.headers else {}
+    return Response(answer.body, status_code=answer.status, headers=headers)
+
+
+# ---------------------------------------------------------------------------- admin
+
+
+async def fleets(request: Request) -> Response:
+    cloud: DevCloud = request.app.state.cloud
+    cloud.require_admin(request)
+    if request.method == "POST":
+        body = await _json(request)
+        fleet = await cloud.db.run(cloud.db.create_fleet, str(body.get("name") or ""),
+                                   str(body.get("device_type") or "generic"))
+        return JSONResponse(fleet, status_code=201)
+    return JSONResponse(await cloud.db.run(cloud.db.fleets))
+
+
+async def fleet(request: Request) -> Response:
+    cloud: DevCloud = request.app.state.cloud
+    cloud.require_admin(request)
+    found = await cloud.db.run(cloud.db.fleet, request.path_params["fleet"])
+    if request.method == "PATCH":
+        body = await _json(request)
+        if "pinned_release" in body:
+            await cloud.db.run(cloud.db.pin_fleet, found["id"], body["pinned_release"])
+            await cloud.notify_fleet(found["id"])
+        found = await cloud.db.run(cloud.db.fleet, found["id"])
+    return JSONResponse(found)
+
+
+async def releases(request: Request) -> Response:
+    cloud: DevCloud = request.app.state.cloud
+    cloud.require_admin(request)
+    found = await cloud.db.run(cloud.db.fleet, request.path_params["fleet"])
+    if request.method == "POST":
+        release = await cloud.db.run(cloud.db.add_release, found["id"], await _json(request))
+        await cloud.notify_fleet(found["id"])
+        return JSONResponse(release, status_code=201)
+    return JSONResponse(await cloud.db.run(cloud.db.releases, found["id"]))
+
+
+async def provisioning_keys(request: Request) -> Response:
+    cloud: DevCloud = request.app.state.cloud
+    cloud.require_admin(request)
+    found = await cloud.db.run(cloud.db.fleet, request.path_params["fleet"])
+    key = await cloud.db.run(cloud.db.create_provisioning_key, found["id"])
+    return JSONResponse({"key": key, "applicationId": found["id"], "fleet": found["name"]},
+                        status_code=201)
+
+
+async def devices(request: Request) -> Response:
+    cloud: DevCloud = request.app.state.cloud
+    cloud.require_admin(request)
+    return JSONResponse([_public(d) for d in await cloud.db.run(cloud.db.devices)])
+
+
+async def device(request: Request) -> Response:
+    cloud: DevCloud = request.app.state.cloud
+    cloud.require_admin(request)
+    found = await cloud.db.run(cloud.db.device, request.path_params["uuid"])
+    if request.method == "PATCH":
+        body = await _json(request)
+        if "name" in body:
+            await cloud.db.run(cloud.db.update_device, found["id"], name=str(body["name"]))
+        if "pinned_release" in body:
+            await cloud.db.run(cloud.db.pin_device, found["id"], body["pinned_release"])
+        found = await cloud.db.run(cloud.db.device, found["id"])
+        cloud.notify([found])
+    out = _public(found)
+    out["state"] = found["state"]
+    out["tags"] = {t["tag_key"]: t["value"] for t in await cloud.db.run(cloud.db.tags, found["id"])}
+    out["target"], _ = await cloud.db.run(cloud.db.target, found["uuid"])
+    return JSONResponse(out)
+
+
+async def device_logs(request: Request) -> Response:
+    cloud: DevCloud = request.app.state.cloud
+    cloud.require_admin(request)
+    return JSONResponse(list(cloud.logs.get(request.path_params["uuid"], ())))
+
+
+async def variable(request: Request) -> Response:
+    """PUT (body {"value"}) or DELETE /admin/<fleets|devices>/<ref>/<env|config>/<NAME>."""
+    cloud: DevCloud = request.app.state.cloud
+    cloud.require_admin(request)
+    if request.path_params["scope"] not in ("fleets", "devices") \
+            or request.path_params["kind"] not in ("env", "config"):
+        raise NotFound("use /admin/<fleets|devices>/<ref>/<env|config>/<NAME>")
+    scope: Scope = "fleet" if request.path_params["scope"] == "fleets" else "device"
+    kind: Kind = "env" if request.path_params["kind"] == "env" else "config"
+    ref, name = request.path_params["ref"], request.path_params["name"]
+    if scope == "fleet":
+        owner = await cloud.db.run(cloud.db.fleet, ref)
+        affected = await cloud.db.run(cloud.db.devices, owner["id"])
+    else:
+        owner = await cloud.db.run(cloud.db.device, ref)
+        affected = [owner]
+    if request.method == "PUT":
+        value = (await _json(request)).get("value")
+        if value is None:
+            raise BadRequest("value is required")
+        await cloud.db.run(cloud.db.set_var, scope, owner["id"], kind, name, str(value))
+    else:
+        await cloud.db.run(cloud.db.delete_var, scope, owner["id"], kind, name)
+    cloud.notify(affected)
+    return PlainTextResponse("OK")
+
+
+def _public(device: dict[str, Any]) -> dict[str, Any]:
+    """A device row for listings: no keys; the report's headline fields."""
+    state = device.get("state") or {}
+    apps = state.get("apps") or {}
+    releases = {}
+    for app in apps.values():
+        for commit, rel in (app.get("releases") or {}).items():
+            releases[commit] = rel.get("update_status")
+    running = [app.get("release_uuid") for app in apps.values() if app.get("release_uuid")]
+    return {
+        "id": device["id"], "uuid": device["uuid"], "name": device["name"],
+        "fleet_id": device["fleet_id"], "device_type": device["device_type"],
+        "pinned_commit": device["pinned_commit"], "api_port": state.get("api_port"),
+        "ip_address": state.get("ip_address"), "status": state.get("status"),
+        "release": running[0] if running else None, "update_status": releases,
+        "last_report": device["last_report"], "last_poll": device["last_poll"],
+    }
+
+
+# ---------------------------------------------------------------------------- plumbing
+
+
+async def ping(request: Request) -> Response:
+    return PlainTextResponse("OK")
+
+
+async def _json(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw:
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError as err:
+        raise BadRequest(f"invalid JSON: {err}") from err
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    return body
+
+
+def _int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not str(value).isdigit():
+        raise BadRequest(f"{what} must be a number")
+    return int(value)
+
+
+async def _error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, SupervisorError)
+    return JSONResponse({"error": str(exc)}, status_code=exc.http_status)
+
+
+def build_app(cloud: DevCloud) -> Starlette:
+    routes = [
+        Route("/ping", ping, methods=["GET"]),
+        Route("/device/register", register, methods=["POST"]),
+        Route("/v7/device", find_device, methods=["GET"]),
+        Route("/v7/device({id:int})", patch_device, methods=["PATCH"]),
+        Route("/api-key/device/{id:int}/device-key", device_key, methods=["POST"]),
+        Route("/device/v3/{uuid}/state", target_state, methods=["GET"]),
+        Route("/device/v3/state", report_state, methods=["PATCH"]),
+        Route("/device/v3/tags", report_tags, methods=["PATCH"]),
+        Route("/v7/device_tag", device_tags, methods=["GET"]),
+        Route("/device/v2/{uuid}/log-stream", log_stream, methods=["POST"]),
+        Route("/supervisor/{path:path}", supervisor_proxy, methods=["POST"]),
+        Route("/admin/fleets", fleets, methods=["GET", "POST"]),
+        Route("/admin/fleets/{fleet}", fleet, methods=["GET", "PATCH"]),
+        Route("/admin/fleets/{fleet}/releases", releases, methods=["GET", "POST"]),
+        Route("/admin/fleets/{fleet}/provisioning-keys", provisioning_keys, methods=["POST"]),
+        Route("/admin/devices", devices, methods=["GET"]),
+        Route("/admin/devices/{uuid}", device, methods=["GET", "PATCH"]),
+        Route("/admin/devices/{uuid}/logs", device_logs, methods=["GET"]),
+        Route("/admin/{scope:str}/{ref}/{kind:str}/{name}", variable, methods=["PUT", "DELETE"]),
+    ]
+    app = Starlette(routes=routes, exception_handlers={SupervisorError: _error})
+    app.state.cloud = cloud
+    return app

@@ -1,0 +1,65 @@
+"""`GET /v2/cleanup-volumes`: remove app volumes nothing uses or wants (api.md §4.16).
+
+Data flow: API route -> `RuntimeActions.cleanup_volumes` -> a fresh engine observation ->
+`orphan_volumes()` (pure) -> engine removals. Deliberate fix of upstream: a scoped key only
+cleans its own apps' volumes (upstream let it remove other apps' unmounted volumes), and the
+declared volumes of every target app are protected, not only the in-scope ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import TYPE_CHECKING
+
+from supervisor.errors import EngineConflict
+from supervisor.model.current import Current
+from supervisor.model.target import TargetState
+
+if TYPE_CHECKING:
+    from supervisor.runtime import Runtime
+
+_LOGGER = logging.getLogger(__name__)
+_APP_VOLUME = re.compile(r"^(\d+)_\S+$")
+
+
+def declared_volumes(target: TargetState | None) -> set[str]:
+    """Docker names `<appId>_<name>` of every volume a target release declares."""
+    if target is None:
+        return set()
+    return {f"{app.app_id}_{name}" for app in target.apps.values() if app.release is not None
+            for name in app.release.volumes}
+
+
+def orphan_volumes(current: Current, target: TargetState | None,
+                   app_ids: frozenset[int] | None) -> list[str]:
+    """App volumes (`<appId>_<name>`) of `app_ids` (None: every app) that no container mounts,
+    running or not, and no target release declares. Pure."""
+    keep = declared_volumes(target)
+    mounted = {name for c in current.containers for name in c.volumes}
+    out = []
+    for vol in current.volumes:
+        match = _APP_VOLUME.match(vol.name)
+        if match is None:
+            continue  # only the names the supervisor gives; never a stranger's volume
+        if app_ids is not None and int(match.group(1)) not in app_ids:
+            continue
+        if vol.name not in keep and vol.name not in mounted:
+            out.append(vol.name)
+    return out
+
+
+async def cleanup_volumes(runtime: Runtime, app_ids: frozenset[int] | None) -> list[str]:
+    """Remove the orphans; returns the names removed."""
+    current = await runtime.engine.observe()
+    removed = []
+    for name in orphan_volumes(current, runtime.target, app_ids):
+        try:
+            await runtime.engine.remove_volume(name)
+        except EngineConflict:
+            # mounted by a container we do not supervise (we only observe our own)
+            _LOGGER.info("volume %s is in use; kept", name)
+            continue
+        _LOGGER.info("removed orphaned volume %s", name)
+        removed.append(name)
+    return removed

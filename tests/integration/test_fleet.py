@@ -1,0 +1,317 @@
+"""A fleet of two real supervisors managed by the devcloud, all on 127.0.0.1.
+
+The devcloud runs as a subprocess; each device is a `balena-supervisor run` subprocess with
+its own data/boot/state/locks dirs, API port and engine (the main engine and the second one,
+`ENGINE_NAME=dev2 scripts/engine.sh up`). The devices provision with a provisioning key, and a
+release pushed to the fleet must converge on both; the devcloud's API proxy must reach them;
+a cloud outage must leave them running, and they catch up when it is back; a device restarted
+while the cloud is down must run its cached target.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from supervisor.devcloud.cli import Client
+from tests.integration import dockerkit
+
+SUPERVISOR = dockerkit.REPO_ROOT / ".venv" / "bin" / "balena-supervisor"
+POLL_MS = 3000
+CONVERGE_S = 150.0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _wait(check: Callable[[], Any], what: str, timeout: float,
+          logs: Callable[[], str] = lambda: "") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except Exception as err:  # the cloud or a device may be restarting: try again
+            last = err
+        else:
+            if last:
+                return last
+        time.sleep(0.5)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})\n{logs()}")
+
+
+def _stop(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+@dataclass
+class DevCloud:
+    data_dir: Path
+    port: int
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "supervisor.devcloud", "--listen", f"127.0.0.1:{self.port}",
+             "--data-dir", str(self.data_dir)],
+            stdout=self.log.open("ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=dockerkit.REPO_ROOT)
+        _wait(lambda: self.client().call("GET", "/ping") == "OK", "the devcloud to answer", 30,
+              lambda: _tail(self.log))
+
+    def stop(self) -> None:
+        _stop(self.proc)
+        self.proc = None
+
+    def client(self) -> Client:
+        token = (self.data_dir / "admin-token").read_text().strip()
+        return Client(self.url, token)
+
+
+@dataclass
+class Device:
+    name: str
+    root: Path
+    port: int
+    docker_host: str
+    engine: docker.DockerClient
+    proc: subprocess.Popen[bytes] | None = None
+    dirs: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def log(self) -> Path:
+        return self.root / "supervisor.log"
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return dict(json.loads((self.dirs["boot"] / "config.json").read_text()))
+
+    @property
+    def uuid(self) -> str:
+        return str(self.config["uuid"])
+
+    def prepare(self, cloud: DevCloud, fleet: str) -> None:
+        for name in ("data", "boot", "state", "locks"):
+            self.dirs[name] = self.root / name
+            self.dirs[name].mkdir(parents=True, exist_ok=True)
+        (self.root / "led").write_text("0")
+        key = cloud.client().call("POST", f"/admin/fleets/{fleet}/provisioning-keys")
+        config = {"apiEndpoint": cloud.url, "applicationId": key["applicationId"],
+                  "apiKey": key["key"], "listenPort": self.port,
+                  "appUpdatePollInterval": POLL_MS, "bootstrapRetryDelay": 2000}
+        (self.dirs["boot"] / "config.json").write_text(json.dumps(config))
+
+    def start(self) -> None:
+        d = self.dirs
+        env = {**os.environ, "DOCKER_HOST": self.docker_host}
+        self.proc = subprocess.Popen(
+            [str(SUPERVISOR), "run", "--data-dir", str(d["data"]), "--boot-dir", str(d["boot"]),
+             "--state-dir", str(d["state"]), "--locks-dir", str(d["locks"]),
+             "--listen", f"127.0.0.1:{self.port}", "--docker-host", self.docker_host,
+             "--host-actions", "dry-run", "--led-file", str(self.root / "led"),
+             "--blink-seconds", "1"],
+            stdout=self.log.open("ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=env, cwd=self.root)
+
+    def stop(self) -> None:
+        _stop(self.proc)
+        self.proc = None
+
+    def api_key(self) -> str:
+        out = subprocess.run([str(SUPERVISOR), "api-key", "--data-dir", str(self.dirs["data"])],
+                             capture_output=True, text=True, check=True, timeout=30)
+        return out.stdout.strip()
+
+    def running_commits(self) -> set[str]:
+        """Commits of this device's running supervised containers, read from its engine
+        (container names are `<service>_<imageId>_<releaseId>_<commit>`)."""
+        found = self.engine.containers.list(filters={"label": dockerkit.SUPERVISED_LABEL})
+        return {container.name.rsplit("_", 1)[-1] for container in found}
+
+
+@dataclass
+class Fleet:
+    cloud: DevCloud
+    name: str
+    app_id: int
+    devices: list[Device]
+
+    def logs(self) -> str:
+        parts = [f"--- devcloud\n{_tail(self.cloud.log)}"]
+        parts += [f"--- {d.name}\n{_tail(d.log)}" for d in self.devices]
+        return "\n".join(parts)
+
+    def push(self, release: dict[str, Any]) -> str:
+        pushed = self.cloud.client().call("POST", f"/admin/fleets/{self.name}/releases", release)
+        return str(pushed["commit"])
+
+    def device_rows(self) -> dict[str, dict[str, Any]]:
+        return {row["uuid"]: row for row in self.cloud.client().call("GET", "/admin/devices")}
+
+    def all_done(self, commit: str) -> bool:
+        rows = self.device_rows()
+        return all(
+            d.uuid in rows and rows[d.uuid]["release"] == commit
+            and rows[d.uuid]["update_status"].get(commit) == "done"
+            for d in self.devices)
+
+    def wait_done(self, commit: str, what: str) -> None:
+        _wait(lambda: self.all_done(commit), what, CONVERGE_S, self.logs)
+
+    def wait_running(self, device: Device, commit: str, what: str,
+                     timeout: float = CONVERGE_S) -> None:
+        _wait(lambda: device.running_commits() == {commit}, what, timeout, self.logs)
+
+
+def _release(image: str, word: str) -> dict[str, Any]:
+    return {"services": {"main": {
+        "image": image,
+        "command": ["sh", "-c", f"while true; do echo {word}; sleep 5; done"],
+        "network_mode": "host",
+        "environment": {"WORD": word},
+    }}}
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, docker_client: docker.DockerClient, docker_host: str,
+          base_image: str) -> Iterator[Fleet]:
+    dev2_host = dockerkit.start_engine("dev2")
+    dev2 = dockerkit.connect(dev2_host)
+    dockerkit.cleanup_supervised(dev2)
+    cloud = DevCloud(tmp_path / "cloud", _free_port(), tmp_path / "devcloud.log")
+    devices = [
+        Device("device1", tmp_path / "device1", _free_port(), docker_host, docker_client),
+        Device("device2", tmp_path / "device2", _free_port(), dev2_host, dev2),
+    ]
+    try:
+        cloud.start()
+        created = cloud.client().call("POST", "/admin/fleets", {"name": "fleet1"})
+        for device in devices:
+            device.prepare(cloud, "fleet1")
+            device.start()
+        result = Fleet(cloud, "fleet1", int(created["id"]), devices)
+        _wait(lambda: all(d.config.get("deviceId") for d in devices),
+              "both devices to provision", 60, result.logs)
+        yield result
+    finally:
+        for device in devices:
+            device.stop()
+        cloud.stop()
+        dockerkit.cleanup_supervised(dev2)
+        dev2.close()
+
+
+@pytest.mark.timeout(400)
+def test_a_release_converges_on_both_devices_and_the_proxy_reaches_them(
+        fleet: Fleet, base_image: str) -> None:
+    for device in fleet.devices:
+        config = device.config
+        assert "apiKey" not in config, "the provisioning key must be dropped once registered"
+        assert config["registered_at"] and config["deviceApiKey"]
+
+    commit = fleet.push(_release(base_image, "hello"))
+    fleet.wait_done(commit, f"both devices to report {commit} done")
+    for device in fleet.devices:
+        fleet.wait_running(device, commit, f"{device.name} to run {commit}", 30)
+        container = device.engine.containers.list(
+            filters={"label": dockerkit.SUPERVISED_LABEL})[0]
+        assert "WORD=hello" in container.attrs["Config"]["Env"]
+
+    rows = fleet.device_rows()
+    client = fleet.cloud.client()
+    for device in fleet.devices:
+        row = rows[device.uuid]
+        detail = client.call("GET", f"/admin/devices/{device.uuid}")
+        assert row["api_port"] == device.port
+        assert detail["state"]["api_secret"] == device.api_key()
+        app = detail["state"]["apps"][detail["target"][device.uuid]["apps"].popitem()[0]]
+        assert app["releases"][commit]["services"]["main"]["status"] == "Running"
+
+        assert client.call("POST", "/supervisor/ping",
+                           {"uuid": device.uuid, "method": "GET"}) == "OK"
+        info = client.call("POST", "/supervisor/v1/device",
+                           {"deviceId": row["id"], "method": "GET"})
+        assert info["api_port"] == device.port
+        assert info["commit"] == commit
+
+    results = client.call("POST", "/supervisor/v1/blink", {"appId": fleet.app_id})
+    assert sorted(r["uuid"] for r in results) == sorted(d.uuid for d in fleet.devices)
+    assert all(r.get("status") == 200 for r in results), results
+    pings = client.call("POST", "/supervisor/ping", {"appId": fleet.app_id, "method": "GET"})
+    assert [p["body"] for p in pings] == ["OK", "OK"]
+
+
+@pytest.mark.timeout(400)
+def test_devices_ride_out_a_cloud_outage_and_boot_offline_from_the_cache(
+        fleet: Fleet, base_image: str) -> None:
+    first = fleet.push(_release(base_image, "one"))
+    fleet.wait_done(first, "the first release to converge")
+
+    pushed_at = time.time()
+    second = fleet.push(_release(base_image, "two"))
+
+    def polled_since_push() -> bool:
+        rows = fleet.device_rows()
+        return all(rows[d.uuid]["last_poll"] and
+                   _epoch(rows[d.uuid]["last_poll"]) > pushed_at for d in fleet.devices)
+
+    _wait(polled_since_push, "both devices to fetch the new target", 60, fleet.logs)
+    fleet.cloud.stop()  # the cloud goes away while the devices apply the new release
+
+    for device in fleet.devices:
+        fleet.wait_running(device, second, f"{device.name} to apply {second} offline")
+        assert device.proc is not None and device.proc.poll() is None, f"{device.name} died"
+
+    fleet.cloud.start()
+    fleet.wait_done(second, "the devices to report the new release once the cloud is back")
+
+    # A device restarted with the cloud down runs its cached target.
+    device = fleet.devices[1]
+    device.stop()
+    fleet.cloud.stop()
+    for container in device.engine.containers.list(
+            all=True, filters={"label": dockerkit.SUPERVISED_LABEL}):
+        container.remove(force=True)
+    assert device.running_commits() == set()
+    device.start()
+    fleet.wait_running(device, second, f"{device.name} to run its cached target offline")
+
+
+def _epoch(iso: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso).timestamp()
