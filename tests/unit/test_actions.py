@@ -289,6 +289,13 @@ class FakeLoop:
     def target_changed(self, *, force: bool = False) -> None:
         self.calls.append(("target_changed", force))
 
+    @property
+    def batch_in_flight(self) -> bool:
+        """As the reconciler's: a running batch that does more than download."""
+        if self._batch is None or self._batch.done():
+            return False
+        return not all(isinstance(step, Fetch | Noop) for step in self.state.plan)
+
 
 class Device:
     def __init__(self, rt: Runtime, loop: FakeLoop, host_calls: list[tuple[str, Any]]) -> None:
