@@ -176,6 +176,10 @@ class UpdateLocks:
     def held_apps(self, owner: str = "loop") -> frozenset[int]:
         return frozenset(app for app, held in self._held.items() if held[2] == owner)
 
+    def foreign_apps(self, owner: str = "loop") -> frozenset[int]:
+        """Apps held by anyone but `owner`."""
+        return frozenset(app for app, held in self._held.items() if held[2] != owner)
+
     async def take(self, app_id: int, services: Iterable[str], *, force: bool,
                    owner: str = "loop") -> None:
         services = tuple(services)

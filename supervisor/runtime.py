@@ -253,6 +253,7 @@ class Runtime:
                                   if d.status == "Downloading" and n in self._pulling),
             managed_images=managed,
             locked_apps=self.locks.held_apps(),
+            foreign_locked=self.locks.foreign_apps(),
             force=self.lock_override,
             lock_leftovers=await self.locks.leftover_apps(),
             commits=dict(self.commits),

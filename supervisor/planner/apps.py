@@ -55,20 +55,23 @@ def gate_on_lock(
 ) -> list[Step]:
     """Lock-needing steps run only once the app's lock is held; until then one `takeLock`
     for every service of the app (current and target) replaces them (locks.md §6)."""
-    if app_id in ctx.locked_apps or not any(d.needs_lock for d in decisions):
+    locked = app_id in ctx.locked_apps or app_id in ctx.foreign_locked
+    if locked or not any(d.needs_lock for d in decisions):
         return [d.step for d in decisions]
     kept = [d.step for d in decisions if not d.needs_lock]
     return [TakeLock(app_id=app_id, services=tuple(sorted(set(names))), force=ctx.force), *kept]
 
 
 class AppPlanner:
+    """The steps of one app id: `target` is its target app (None: it left the target)."""
+
     def __init__(
         self,
         app_id: int,
         target: TargetApp | None,
         objects: AppObjects,
         ctx: PlanContext,
-        target_state: TargetState | None = None,
+        target_state: TargetState,
     ) -> None:
         self.app_id = app_id
         self.target = target
@@ -82,6 +85,10 @@ class AppPlanner:
         self.commit = release.commit if release else ""
         self.dead = [c for c in self.containers if c.state == "dead"]
         self.live = [c for c in self.containers if c.state != "dead"]
+        # set by _update_app from the network and volume plans
+        self._changing_resources: set[str] = set()  # docker names being recreated
+        self._not_ready: set[str] = set()  # ... and those not created yet
+        self._all_ready = False  # every target image of the app is in the engine
 
     # -- entry point ---------------------------------------------------------------------------
 
@@ -118,7 +125,7 @@ class AppPlanner:
 
     @cached_property
     def specs(self) -> dict[str, ContainerSpec | SupervisorError]:
-        assert self.target is not None and self.target_state is not None
+        assert self.target is not None
         ids = {name: c.id for name, c in self.kept.items()}
         return service_specs(self.target_state, self.target, self.ctx.device,
                              self.ctx.image_ids, ids)
@@ -127,9 +134,9 @@ class AppPlanner:
         assert self.target is not None
         ctx = self.ctx
         nets = plan_networks(network_specs(self.target), self.networks,
-                             network_users(self.containers))
+                             partial(network_users, self.containers))
         vols = plan_volumes(volume_specs(self.target), self.volumes,
-                            volume_users(self.containers))
+                            partial(volume_users, self.containers))
         self._changing_resources = nets.changing | vols.changing
         self._not_ready = nets.missing | vols.missing | self._changing_resources
         self._all_ready = all(s.image in ctx.image_ids for s in self.services.values())
@@ -146,12 +153,17 @@ class AppPlanner:
                 decisions.append(Decision(Noop(f"{name}: {spec}", app_id=self.app_id)))
                 continue
             cur = kept.get(name)
-            if cur is None and name in dead_services:
-                continue  # its dead container goes first (`remove` above); same name
+            if cur is None:
+                if name in dead_services:
+                    continue  # its dead container goes first (`remove` above); same name
+            elif (cur.running == svc.running and not self._uses_changing(cur)
+                  and in_target_state(cur, spec, ctx.image_ids.get(svc.image))):
+                continue  # settled: the common case, kept cheap for large fleets
             pair = Pair(
                 target=svc, spec=spec, current=cur, commit=self.commit,
                 image_ready=svc.image in ctx.image_ids, all_images_ready=self._all_ready,
                 special_kill=cur is not None and self._uses_changing(cur),
+                can_create=partial(self._can_create, spec),
                 deps_met=partial(self._deps_met, spec),
             )
             decisions += plan_service(pair, ctx)
@@ -175,25 +187,32 @@ class AppPlanner:
                 out.add(name)
         return out
 
-    def _deps_met(self, spec: ContainerSpec) -> bool:
-        """engine.md §9: every target image present, the networks and volumes it uses created,
-        and every dependency settled and started (or created, when it must not run)."""
+    def _can_create(self, spec: ContainerSpec) -> bool:
+        """Every target image of the app present, the networks and volumes the service uses
+        created, and the container it joins with `network_mode: service:<x>` settled."""
         if not self._all_ready or resources_used(spec) & self._not_ready:
             return False
-        if spec.network_service is not None:
-            return False  # `service:<x>` without a container for <x>: nothing to join yet
-        svc = self.services[spec.service_name]
-        deps = spec.depends_on
-        if (dep := network_service(svc)) is not None and dep not in self.services:
-            return False  # joins a service outside the release: it can never be resolved
-        for dep in deps:
+        dep = network_service(self.services[spec.service_name])
+        if dep is None:
+            return True
+        # no container for <x> (spec unresolved), <x> outside the release, or <x> about to
+        # be replaced: nothing stable to join yet
+        return (spec.network_service is None and dep in self.services
+                and dep not in self._changing_services)
+
+    def _deps_met(self, spec: ContainerSpec) -> bool:
+        """engine.md §9: creatable, and every dependency settled and started (or created,
+        when it must not run). Health is not waited for (upstream neither)."""
+        if not self._can_create(spec):
+            return False
+        for dep in spec.depends_on:
             target = self.services.get(dep)
             if target is None:
                 continue  # a dependency outside the release cannot hold us back
             if dep in self._changing_services:
                 return False
             if self.kept[dep].state == "created" and target.running:
-                return False  # about to be started: wait one round
+                return False  # not started yet (maybe this round): wait
         return True
 
     # -- settling --------------------------------------------------------------------------------

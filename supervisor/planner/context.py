@@ -20,6 +20,9 @@ class PlanContext:
     # apps whose supervisor update lock is held, and apps with leftover supervisor lock files
     locked_apps: frozenset[int] = frozenset()
     lock_leftovers: frozenset[int] = frozenset()
+    # apps whose lock a one-shot operation (an API restart, a reboot) holds: the loop may act
+    # under that lock but never takes or releases it
+    foreign_locked: frozenset[int] = frozenset()
     # current commit per app id (SQLite)
     commits: Mapping[int, str] = field(default_factory=dict)
     force: bool = False
