@@ -32,7 +32,7 @@ from tests.integration.dockerkit import ensure_base_image  # noqa: E402
 from tests.integration.supervisor_proc import SupervisorProc, free_port, local_target  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
-SLEEP = ["sh", "-c", "while true; do sleep 5; done"]
+SLEEP = ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
 
 
 def docker_host() -> str:

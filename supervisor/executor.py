@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from supervisor.engine.runner import AsyncEngine
 from supervisor.errors import StepFailed, SupervisorError, UpdatesLocked
-from supervisor.lifecycle import Key, Lifecycles, ServiceLifecycle
+from supervisor.lifecycle import Key, Lifecycles
 from supervisor.locks import UpdateLocks
 from supervisor.model.current import Phase
 from supervisor.model.steps import (
@@ -146,7 +146,7 @@ class Executor:
 
     async def _fetch(self, step: Fetch) -> None:
         key: Key = (step.app_id, step.service_name, step.commit)
-        lc = self.lifecycles.ensure(key, Phase.DOWNLOADED)
+        lc = self.lifecycles.claim(key, "download", Phase.DOWNLOADED)
         lc.download()
         self.hooks.log(f"Downloading image '{step.image}'")
         self.hooks.progress(step, "Downloading", 0)
@@ -181,9 +181,6 @@ class Executor:
 
     # -- containers ----------------------------------------------------------------------------
 
-    def _settled(self, key: Key, phase: Phase) -> ServiceLifecycle:
-        return self.lifecycles.ensure(key, phase)
-
     async def _kill(self, step: Kill) -> None:
         await self._stop_container(
             (step.app_id, step.service_name, step.commit), step.container_id, step.name,
@@ -197,7 +194,7 @@ class Executor:
         )
 
     async def _stop_container(self, key: Key, cid: str, name: str, *, remove: bool) -> None:
-        lc = self._settled(key, Phase.RUNNING)
+        lc = self.lifecycles.claim(key, "stop", Phase.RUNNING)
         lc.stop()
         verb = "Killing" if remove else "Stopping"
         self.hooks.log(f"{verb} service '{name}'")
@@ -221,7 +218,7 @@ class Executor:
         key: Key = (spec.app_id, spec.service_name, step.commit)
         cid = step.container_id
         if cid is None:
-            lc = self._settled(key, Phase.DOWNLOADED)
+            lc = self.lifecycles.claim(key, "install", Phase.DOWNLOADED)
             lc.install()
             self.hooks.log(f"Installing service '{spec.name}'")
             try:
@@ -234,7 +231,7 @@ class Executor:
             lc.installed()
             self.hooks.log(f"Installed service '{spec.name}'")
         else:
-            lc = self._settled(key, Phase.INSTALLED)
+            lc = self.lifecycles.claim(key, "start", Phase.INSTALLED)
         if not step.start:
             return
         lc.start()
@@ -256,7 +253,8 @@ class Executor:
         app_id, service = spec.app_id, spec.service_name
         old_key: Key = (app_id, service, _commit_of(step.name))
         new_key: Key = (app_id, service, step.commit)
-        old_lc = self._settled(old_key, Phase.RUNNING) if old_key != new_key else None
+        old_lc = (self.lifecycles.claim(old_key, "hand_over", Phase.RUNNING)
+                  if old_key != new_key else None)
         if old_lc is not None:
             old_lc.hand_over()
         # the old container must not come back after a power cut, and frees its name
@@ -264,7 +262,7 @@ class Executor:
         if not step.name.startswith("old_"):
             await self.engine.rename(step.container_id, "old_" + step.name)
         await asyncio.to_thread(self.locks.dir.clear_handover, app_id, service)
-        lc = self._settled(new_key, Phase.DOWNLOADED)
+        lc = self.lifecycles.claim(new_key, "install", Phase.DOWNLOADED)
         lc.install()
         cid = await self.engine.find_container(spec.name) or await self.engine.create(spec)
         lc.installed()

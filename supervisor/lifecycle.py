@@ -54,7 +54,7 @@ TRANSITIONS: list[list[Any]] = [
 ]
 
 # phases with work in flight: observations never override them
-IN_FLIGHT = frozenset({P.DOWNLOADING, P.INSTALLING, P.STARTING, P.STOPPING})
+IN_FLIGHT: frozenset[Phase] = frozenset({P.DOWNLOADING, P.INSTALLING, P.STARTING, P.STOPPING})
 
 
 def phase_from_container(container: ContainerInfo) -> Phase:
@@ -131,6 +131,19 @@ class Lifecycles:
             model = ServiceLifecycle(key, self._on_change)
             self._machine.add_model(model, initial=initial)
             self._models[key] = model
+        return model
+
+    def claim(self, key: Key, trigger: str, initial: Phase) -> ServiceLifecycle:
+        """The record on which a step's FIRST trigger is legal.
+
+        Records are keyed by (app, service, commit), and a local push keeps the commit: the
+        record may belong to the container being replaced (Running) when the new one starts
+        downloading or installing. The first trigger of a step claims the key, starting the
+        record over from `initial` if it must; every later trigger stays strict.
+        """
+        model = self.ensure(key, initial)
+        if trigger not in self._machine.get_triggers(model.state.name):
+            model = self.reseat(key, initial)
         return model
 
     def reseat(self, key: Key, phase: Phase) -> ServiceLifecycle:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from supervisor.errors import StepFailed, SupervisorError, UpdatesLocked
+from supervisor.errors import InternalError, StepFailed, SupervisorError, UpdatesLocked
 from supervisor.executor import Executor
 from supervisor.model.current import Current
 from supervisor.model.steps import Fetch, Noop, Step
@@ -144,10 +144,18 @@ class Reconciler:
             return ()
         self.state.observe_failing_since = None
         self.current = current
-        ctx = await self._context(current)
-        if self._force:
-            ctx = _with_force(ctx)
-        steps = plan(current, self._target(), ctx)
+        try:
+            ctx = await self._context(current)
+            if self._force:
+                ctx = _with_force(ctx)
+            steps = plan(current, self._target(), ctx)
+        except SupervisorError as err:
+            await self._failed(err)
+            return ()
+        except Exception as err:  # a planner bug must not kill the loop: log, back off, retry
+            _LOGGER.exception("planning failed")
+            await self._failed(InternalError(f"planning failed: {err!r}"))
+            return ()
         self.state.plan = steps
         self._publish()
         if not steps:

@@ -15,6 +15,7 @@ import logging
 import signal
 import time
 from collections import deque
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,11 +34,18 @@ from supervisor.events import EventBus
 from supervisor.executor import Executor, ExecutorHooks
 from supervisor.host.actions import HostActions, choose_host_actions
 from supervisor.host.breadcrumb import RebootBreadcrumb
-from supervisor.lifecycle import Key, Lifecycles
+from supervisor.lifecycle import Key, Lifecycles, phase_from_container
 from supervisor.locks import UpdateLocks
 from supervisor.logs import LogHub
 from supervisor.model.compose import DeviceContext, wants_supervisor_api
-from supervisor.model.current import Current, DeviceView, ImageProgress, Phase, Snapshot
+from supervisor.model.current import (
+    Current,
+    DeviceView,
+    ImageProgress,
+    LockBlock,
+    Phase,
+    Snapshot,
+)
 from supervisor.model.status import build_services
 from supervisor.model.steps import Fetch
 from supervisor.model.target import TargetState, parse_local_target, parse_target, to_v3
@@ -82,6 +90,7 @@ class Runtime:
         self.started_at = time.monotonic()
         self._pulling: set[str] = set()
         self.cloud: CloudSync | None = None
+        self._refresh: asyncio.Future[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- the snapshot --------------------------------------------------------------------------
@@ -126,8 +135,6 @@ class Runtime:
         downloading = any(d.status == "Downloading" for d in self.downloads.values())
         lock_block = None
         if state is not None and state.last_error_locked is not None:
-            from supervisor.model.current import LockBlock
-
             err = state.last_error_locked
             lock_block = LockBlock(app_id=err.app_id or 0, service_name=err.service or "",
                                    path=err.path or "",
@@ -135,7 +142,8 @@ class Runtime:
         old = self._snapshot
         self._snapshot = Snapshot(
             seq=self._seq,
-            device=self._device,
+            device=self._device if self._device.name == self.device_name
+            else replace(self._device, name=self.device_name),
             current=current,
             target=self.target,
             services=services,
@@ -218,7 +226,7 @@ class Runtime:
             device_uuid=self.settings.uuid,
             device_type=self.settings.device_type or self.board.slug,
             device_arch=self.board.arch,
-            os_version=_os_version(),
+            os_version=self._device.os_version,
             device_name=self.device_name,
             hostname=str(cfg.get("hostname") or self.settings.uuid[:7]),
             listen_port=self.settings.listen_port,
@@ -282,14 +290,19 @@ class Runtime:
     def _progress(self, step: Fetch, status: str, pct: int | None) -> None:
         if status == "Downloading":
             self._pulling.add(step.image)
+            previous = self.downloads.get(step.image)
+            if previous is not None and previous.progress is not None and pct is not None:
+                # never backwards: a pull resumed after a restart starts its count at 0
+                pct = max(pct, previous.progress)
             self.downloads[step.image] = ImageProgress(
                 name=step.image, app_id=step.app_id, service_name=step.service_name,
                 commit=step.commit, status="Downloading", progress=pct,
             )
-            self._spawn(self.store.upsert_image(ImageRecord(
-                name=step.image, app_id=step.app_id, service_name=step.service_name,
-                commit=step.commit, download_progress=pct, status="Downloading",
-            )))
+            if previous is None or previous.progress != pct:
+                self._spawn(self.store.upsert_image(ImageRecord(
+                    name=step.image, app_id=step.app_id, service_name=step.service_name,
+                    commit=step.commit, download_progress=pct, status="Downloading",
+                )))
         else:
             self._pulling.discard(step.image)
             self.downloads.pop(step.image, None)
@@ -323,13 +336,6 @@ class Runtime:
         cleaned = await self.locks.clean_leftovers()
         if cleaned:
             self.log(f"Removed {cleaned} supervisor update lock(s) left by a crash")
-        for rec in await self.store.images():
-            if rec.status == "Downloading" and rec.download_progress is not None:
-                # what was shown before the restart, not zero, until the pull reports again
-                self.downloads[rec.name] = ImageProgress(
-                    name=rec.name, app_id=rec.app_id or 0, service_name=rec.service_name or "",
-                    commit=rec.commit or "", status="Downloading", progress=rec.download_progress,
-                )
         self._device = self.device_view()
         executor = Executor(
             engine=self.engine, store=self.store, lifecycles=self.lifecycles, locks=self.locks,
@@ -342,8 +348,21 @@ class Runtime:
             on_settled=self._on_settled,
         )
         await self._load_target()
+        await self._restore_progress()
         self.publish()
         self.log("Supervisor starting")
+
+    async def _restore_progress(self) -> None:
+        """Show the last recorded progress of downloads a restart interrupted, not zero."""
+        wanted = {svc.image for app in (self.target.apps.values() if self.target else ())
+                  if app.release is not None for svc in app.release.services.values()}
+        for rec in await self.store.images():
+            if rec.status == "Downloading" and rec.download_progress is not None \
+                    and rec.name in wanted:
+                self.downloads[rec.name] = ImageProgress(
+                    name=rec.name, app_id=rec.app_id or 0, service_name=rec.service_name or "",
+                    commit=rec.commit or "", status="Downloading", progress=rec.download_progress,
+                )
 
     async def _on_settled(self) -> None:
         """Everything applied: reboot now if a change asked for it (engine.md §10)."""
@@ -374,8 +393,6 @@ class Runtime:
     async def _observe(self) -> Current:
         current = await self.engine.observe()
         observed = {}
-        from supervisor.lifecycle import phase_from_container
-
         for c in current.containers:
             observed[(c.app_id, c.service_name, c.commit)] = phase_from_container(c)
         self.lifecycles.sync(observed)
@@ -389,6 +406,18 @@ class Runtime:
         self.log_followers.on_docker_event(event)
         if event.get("Action") in ("die", "start", "destroy", "stop", "kill", "oom"):
             self.reconciler.mark_dirty()
+            # the loop may be sleeping out a backoff: refresh the snapshot now regardless
+            if self._refresh is None or self._refresh.done():
+                self._refresh = asyncio.ensure_future(self._refresh_snapshot())
+
+    async def _refresh_snapshot(self) -> None:
+        await asyncio.sleep(0.05)  # one observation for a burst of events
+        try:
+            current = await self._observe()
+        except SupervisorError:
+            return  # the loop reports engine trouble
+        self.reconciler.current = current
+        self.publish()
 
     async def run(self) -> None:
         await self.start()

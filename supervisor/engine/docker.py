@@ -74,6 +74,9 @@ class DockerEngine:
         self._inspect_cache: dict[str, tuple[str, dict[str, Any]]] = {}
 
     def close(self) -> None:
+        stream = getattr(self, "_events_stream", None)
+        if stream is not None:
+            _close_stream(stream)  # unblocks the events thread's read at once
         self.client.close()
 
     # -- observe -----------------------------------------------------------------------------
@@ -445,6 +448,7 @@ class DockerEngine:
     def events(self, stop: threading.Event) -> Iterator[dict[str, Any]]:
         """Container events until `stop` is set; the caller runs this on its own thread."""
         stream = self.api.events(decode=True, filters={"type": "container"})
+        self._events_stream = stream  # close() shuts its socket from another thread
         try:
             for event in stream:
                 if stop.is_set():

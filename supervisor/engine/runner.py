@@ -142,6 +142,6 @@ class AsyncEngine:
     def close(self) -> None:
         self._events_stop.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self.engine.close()  # closing the client ends the events stream
+        self.engine.close()  # shuts the events stream's socket: the thread ends at once
         if self._events_thread is not None:
-            self._events_thread.join(timeout=2)
+            self._events_thread.join(timeout=1)

@@ -178,11 +178,12 @@ class AppPlanner:
 
     @cached_property
     def _changing_services(self) -> set[str]:
-        """Services not yet in their target state (no container, other config or release)."""
+        """Services not yet in their target state: no container, another config or release,
+        or a container about to be killed because a network or volume it uses is recreated."""
         out = set()
         for name, svc in self.services.items():
             cur, spec = self.kept.get(name), self.specs[name]
-            if (cur is None or isinstance(spec, SupervisorError)
+            if (cur is None or isinstance(spec, SupervisorError) or self._uses_changing(cur)
                     or not in_target_state(cur, spec, self.ctx.image_ids.get(svc.image))):
                 out.add(name)
         return out

@@ -32,9 +32,8 @@ def plan(current: Current, target: TargetState | None, ctx: PlanContext) -> tupl
     app_ids = set(apps) | set(objects) | ctx.locked_apps | ctx.lock_leftovers
     steps: list[Step] = []
     for app_id in sorted(app_ids):
-        planner = AppPlanner(app_id, apps.get(app_id), objects.get(app_id) or AppObjects(), ctx,
-                             target)
-        steps += planner.steps()
+        objs = objects.get(app_id) or AppObjects()
+        steps += AppPlanner(app_id, apps.get(app_id), objs, ctx, target).steps()
     steps = _one_fetch_per_image(steps)
     if not steps and ctx.downloading:
         steps.append(Noop("waiting for downloads"))

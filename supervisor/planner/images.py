@@ -31,12 +31,16 @@ def image_steps(current: Current, target: TargetState, ctx: PlanContext) -> tupl
     if ctx.downloading or ctx.keep_images or not ctx.managed_images:
         return ()
     wanted_names = target_image_names(target)
+    present = {img.id for img in current.images}
+    candidates = [(name, image_id) for name, image_id in sorted(ctx.managed_images.items())
+                  if image_id in present and name not in wanted_names]
+    if not candidates:
+        return ()
     keep = {ctx.image_ids[name] for name in wanted_names if name in ctx.image_ids}
     keep |= {c.image for c in current.containers}  # dead and stopped containers too
-    present = {img.id for img in current.images}
     steps: list[Step] = []
-    for name, image_id in sorted(ctx.managed_images.items()):
-        if image_id in present and image_id not in keep and name not in wanted_names:
+    for name, image_id in candidates:
+        if image_id not in keep:
             keep.add(image_id)  # one removeImage per image, whatever its names
             steps.append(RemoveImage(image_id=image_id, name=name))
     return tuple(steps)

@@ -8,7 +8,7 @@ Volumes no longer referenced are kept (upstream since v10); they go only with th
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from supervisor.model.compose import (
@@ -66,9 +66,12 @@ def volume_users(containers: Iterable[ContainerInfo]) -> set[str]:
 
 
 def plan_networks(
-    specs: dict[str, NetworkSpec], current: Iterable[NetworkInfo], in_use: set[str]
+    specs: dict[str, NetworkSpec], current: Iterable[NetworkInfo],
+    users: Callable[[], set[str]],
 ) -> ResourcePlan:
+    """`users()` gives the names in use (only asked when something must be removed)."""
     out = ResourcePlan()
+    in_use: set[str] | None = None
     by_name: dict[str, list[NetworkInfo]] = {}
     for net in current:
         by_name.setdefault(net.name, []).append(net)
@@ -82,6 +85,7 @@ def plan_networks(
             # no hash: created by upstream; keep it rather than kill services to recreate it
             continue
         out.changing.add(name)
+        in_use = users() if in_use is None else in_use
         if name not in in_use:
             out.steps.append(RemoveNetwork(network_id=net.id, name=name, app_id=net.app_id or 0))
     for name, spec in sorted(specs.items()):
@@ -93,9 +97,10 @@ def plan_networks(
 
 
 def plan_volumes(
-    specs: dict[str, VolumeSpec], current: Iterable[VolumeInfo], in_use: set[str]
+    specs: dict[str, VolumeSpec], current: Iterable[VolumeInfo], users: Callable[[], set[str]]
 ) -> ResourcePlan:
     out = ResourcePlan()
+    in_use: set[str] | None = None
     present = {v.name: v for v in current}
     for name, spec in sorted(specs.items()):
         vol = present.get(name)
@@ -104,6 +109,7 @@ def plan_volumes(
             out.steps.append(CreateVolume(spec=spec))
         elif vol.config_hash is not None and vol.config_hash != spec.config_hash:
             out.changing.add(name)
+            in_use = users() if in_use is None else in_use
             if name not in in_use:
                 out.steps.append(RemoveVolume(name=name, app_id=vol.app_id))
         # no hash: not ours or made by upstream; keep it as it is

@@ -55,7 +55,11 @@ class Pair:
     image_ready: bool  # the target image is in the engine
     all_images_ready: bool  # every target image of the app is in the engine
     special_kill: bool  # the container uses a network/volume that is being recreated
-    deps_met: Callable[[], bool]  # start dependencies (§9); computed only when asked
+    # computed only when asked: what creating the container needs (images, networks,
+    # volumes, the container of `network_mode: service:<x>`), and what starting it needs
+    # on top of that (every dependency settled and started, §9)
+    can_create: Callable[[], bool]
+    deps_met: Callable[[], bool]
 
     @property
     def labels(self) -> Mapping[str, str]:
@@ -89,8 +93,12 @@ def same_config(cur: ContainerInfo, spec: ContainerSpec, image_id: str | None) -
     """
     if cur.config_hash != spec.config_hash or image_id is None or cur.image != image_id:
         return False
+    if spec.network_service is not None:
+        return False  # <x> has no container: whatever this one joined is gone
+    if not spec.depends_on:  # `service:<x>` makes <x> a dependency: nothing to join
+        return True
     mode = spec_network_mode(spec)
-    return not mode.startswith(("container:", "service:")) or cur.network_mode == mode
+    return not mode.startswith("container:") or cur.network_mode == mode
 
 
 def in_target_state(cur: ContainerInfo, spec: ContainerSpec, image_id: str | None) -> bool:
@@ -121,11 +129,16 @@ def _install(p: Pair, ctx: PlanContext) -> list[Decision]:
     """No container: fetch, then create (and start) once every dependency is met."""
     if not p.image_ready:
         return _fetch_or_wait(p, ctx)
+    if p.requires_reboot and p.target.running:
+        # created now, started after the next reboot: create it without waiting for its
+        # dependencies to start, so a chain of such services needs one reboot, not one each
+        if not p.can_create():
+            return _noop(p, "waiting for what its creation needs")
+        return [Decision(Start(spec=p.spec, commit=p.commit, start=False), needs_lock=True)]
     if not p.deps_met():
-        # with a reboot pending, let the app settle so the reboot can happen
-        return [] if ctx.reboot_required else _noop(p, "waiting for dependencies")
-    start = p.target.running and not p.requires_reboot
-    return [Decision(Start(spec=p.spec, commit=p.commit, start=start), needs_lock=True)]
+        return _noop(p, "waiting for dependencies")
+    return [Decision(Start(spec=p.spec, commit=p.commit, start=p.target.running),
+                     needs_lock=True)]
 
 
 def _settle(p: Pair, cur: ContainerInfo, ctx: PlanContext) -> list[Decision]:
@@ -141,7 +154,8 @@ def _settle(p: Pair, cur: ContainerInfo, ctx: PlanContext) -> list[Decision]:
             return []  # exited: Docker's restart policy decides, never the supervisor
         if p.requires_reboot and _created_this_boot(cur, ctx):
             if ctx.reboot_required:
-                return []  # breadcrumb set: settle and let the reboot happen
+                # breadcrumb set: wait; once only waiting is left the plan settles (core)
+                return _noop(p, "waiting for a reboot")
             return [Decision(RequireReboot(app_id=cur.app_id, service_name=cur.service_name))]
         if not p.deps_met():
             return _noop(p, "waiting for dependencies")
@@ -162,9 +176,10 @@ def _update(p: Pair, cur: ContainerInfo, ctx: PlanContext) -> list[Decision]:
     if not p.image_ready:
         return _fetch_or_wait(p, ctx)
     # hand-over starts the new container at once: not for a service that must stay stopped
-    # or wait for a reboot, nor when a resource it uses must be recreated first
+    # or wait for a reboot, nor when a resource it uses must be recreated first; and there
+    # is only something to hand over when the old container runs
     if (strategy == "hand-over" and not p.special_kill and p.target.running
-            and not p.requires_reboot):
+            and not p.requires_reboot and cur.running):
         if p.deps_met():
             return [Decision(Handover(container_id=cur.id, name=cur.name, spec=p.spec,
                                       commit=p.commit, timeout_ms=handover_timeout(p.labels)))]

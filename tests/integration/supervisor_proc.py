@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import docker.errors
 import httpx
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,8 +96,8 @@ class SupervisorProc:
         while time.monotonic() < deadline:
             try:
                 last = predicate()
-            except (httpx.HTTPError, KeyError, ValueError):
-                last = None
+            except (httpx.HTTPError, KeyError, ValueError, IndexError, docker.errors.NotFound):
+                last = None  # not there yet, or a container vanished between list and inspect
             if last:
                 return last
             time.sleep(0.2)

@@ -315,3 +315,40 @@ def _epoch(iso: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(iso).timestamp()
+
+
+@pytest.mark.timeout(400)
+def test_a_host_network_service_calls_the_api_with_its_scoped_key(
+        fleet: Fleet, base_image: str) -> None:
+    script = (
+        'sleep 1; echo "ADDR=$BALENA_SUPERVISOR_ADDRESS HOST=$BALENA_SUPERVISOR_HOST '
+        'PORT=$BALENA_SUPERVISOR_PORT RESIN=$RESIN_SUPERVISOR_ADDRESS"; '
+        'echo "DEVICE=$(wget -qO- "$BALENA_SUPERVISOR_ADDRESS/v1/device?apikey='
+        '$BALENA_SUPERVISOR_API_KEY")"; '
+        'wget -qO- "$BALENA_SUPERVISOR_ADDRESS/v1/device?apikey=notakey" || echo DENIED; '
+        "while true; do sleep 5; done")
+    release = {"services": {"main": {
+        "image": base_image, "command": ["sh", "-c", script], "network_mode": "host",
+        "labels": {"io.balena.features.supervisor-api": "1"}}}}
+    commit = fleet.push(release)
+    device = fleet.devices[0]
+    fleet.wait_running(device, commit, "the API-calling service to run")
+
+    def output() -> str:
+        containers = device.engine.containers.list(
+            filters={"label": dockerkit.SUPERVISED_LABEL})
+        return containers[0].logs().decode() if containers else ""
+
+    logs = _wait(lambda: (out := output()) and "DENIED" in out and out, "the service's calls",
+                 60, fleet.logs)
+    port = device.port
+    assert f"ADDR=http://127.0.0.1:{port} HOST=127.0.0.1 PORT={port}" in logs
+    assert f"RESIN=http://127.0.0.1:{port}" in logs
+    line = next(x for x in logs.splitlines() if x.startswith("DEVICE="))
+    body = json.loads(line[len("DEVICE="):])
+    assert body["api_port"] == port and body["commit"] == commit
+    container = device.engine.containers.list(filters={"label": dockerkit.SUPERVISED_LABEL})[0]
+    env = dict(e.split("=", 1) for e in container.attrs["Config"]["Env"])
+    scoped = env["BALENA_SUPERVISOR_API_KEY"]
+    assert scoped != device.api_key() and len(scoped) == 32
+    assert env["RESIN_SUPERVISOR_API_KEY"] == scoped

@@ -19,7 +19,8 @@ import pytest
 from tests.integration.dockerkit import push_random_image
 from tests.integration.supervisor_proc import SupervisorProc, local_target
 
-SLEEP = ["sh", "-c", "while true; do sleep 1; done"]
+# sh as PID 1 ignores SIGTERM: trap it, or every stop waits the full 10 s grace period
+SLEEP = ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
 SUPERVISOR_UID = 65534
 
 

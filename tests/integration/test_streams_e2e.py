@@ -16,7 +16,8 @@ import httpx
 from tests.integration.dockerkit import push_random_image
 from tests.integration.supervisor_proc import SupervisorProc, local_target
 
-SLEEP = ["sh", "-c", "while true; do sleep 1; done"]
+# sh as PID 1 ignores SIGTERM: trap it, or every stop waits the full 10 s grace period
+SLEEP = ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
 
 
 def reader(url: str, lines: queue.Queue[str], stop: threading.Event, *,

@@ -1,0 +1,111 @@
+"""How the running supervisor behaves around the engine: signals, Docker events, a new
+target during a pull, progress across a crash."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import docker
+
+from tests.integration.dockerkit import push_random_image
+from tests.integration.supervisor_proc import SupervisorProc, local_target
+
+# sh as PID 1 ignores SIGTERM: trap it, or every stop waits the full 10 s grace period
+SLEEP = ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
+
+
+def test_sigterm_stops_the_supervisor_within_two_seconds(
+    tmp_path: Path, docker_client: Any, base_image: str
+) -> None:
+    proc = SupervisorProc(tmp_path / "sup",
+                          target=local_target({"a": {"image": base_image, "command": SLEEP}}))
+    proc.start()
+    proc.wait_for(lambda: proc.status()["appState"] == "applied" and proc.status()["containers"],
+                  what="applied")
+    assert proc.proc is not None
+    start = time.monotonic()
+    proc.proc.send_signal(signal.SIGTERM)
+    proc.proc.wait(timeout=10)
+    assert time.monotonic() - start < 2.0
+    assert proc.proc.returncode == 0
+    # the containers keep running without the supervisor (it is not their parent)
+    (container,) = docker_client.containers.list(filters={"label": "io.balena.supervised"})
+    assert container.status == "running"
+
+
+def test_a_container_that_dies_shows_as_exited_within_a_second(
+    tmp_path: Path, docker_client: Any, base_image: str
+) -> None:
+    proc = SupervisorProc(tmp_path / "sup", target=local_target(
+        {"a": {"image": base_image, "command": SLEEP, "restart": "no"}})).start()
+    try:
+        proc.wait_for(lambda: proc.status()["appState"] == "applied"
+                      and proc.status()["containers"], what="applied")
+        (container,) = docker_client.containers.list(filters={"label": "io.balena.supervised"})
+        container.kill()
+        died = time.monotonic()
+        proc.wait_for(lambda: proc.status()["containers"][0]["status"] == "exited",
+                      what="exited in the status", timeout=5)
+        assert time.monotonic() - died < 1.5
+        # and the supervisor does not restart it: the restart policy decides
+        time.sleep(2)
+        container.reload()
+        assert container.status == "exited"
+    finally:
+        proc.stop()
+
+
+def test_a_new_target_abandons_a_pull_in_progress(
+    tmp_path: Path, docker_client: docker.DockerClient, base_image: str
+) -> None:
+    big = push_random_image(docker_client, "balena-py/abandoned", 300, tag=f"t{time.time_ns()}")
+    proc = SupervisorProc(tmp_path / "sup").start()
+    try:
+        proc.post_target(local_target({"a": {"image": big, "command": SLEEP}}))
+        proc.wait_for(lambda: (proc.status().get("overallDownloadProgress") or 0) > 0,
+                      what="the pull to start", timeout=30)
+        switched = time.monotonic()
+        proc.post_target(local_target({"a": {"image": base_image, "command": SLEEP}},
+                                      commit="c0ffee02", release_id=2))
+        proc.wait_for(lambda: proc.status()["appState"] == "applied"
+                      and any(c["status"] == "Running" for c in proc.status()["containers"]),
+                      what="the new target", timeout=60)
+        assert time.monotonic() - switched < 20
+        try:
+            docker_client.images.get(big)
+            raise AssertionError("the abandoned image was pulled anyway")
+        except docker.errors.ImageNotFound:
+            pass
+    finally:
+        proc.stop()
+
+
+def test_progress_after_a_crash_is_the_last_recorded_not_zero(
+    tmp_path: Path, docker_client: docker.DockerClient, base_image: str
+) -> None:
+    big = push_random_image(docker_client, "balena-py/resumed", 300, tag=f"t{time.time_ns()}")
+    proc = SupervisorProc(tmp_path / "sup").start()
+    seen = 0
+    try:
+        proc.post_target(local_target({"a": {"image": big, "command": SLEEP}}))
+        seen = proc.wait_for(lambda: (p := proc.status().get("overallDownloadProgress") or 0)
+                             >= 10 and p, what="progress", timeout=60)
+        proc.kill(signal.SIGKILL)
+        again = SupervisorProc(proc.root, port=proc.port)
+        again.start()
+        try:
+            first = again.status().get("overallDownloadProgress")
+            assert first is not None and first >= seen, (first, seen)
+            again.wait_for(lambda: any(c["status"] == "Running"
+                                       for c in again.status()["containers"]),
+                           what="converged after the restart", timeout=120)
+        finally:
+            again.stop()
+    finally:
+        proc.stop()
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            docker_client.images.remove(big, force=True)
