@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from supervisor.engine.runner import AsyncEngine
-from supervisor.errors import StepFailed, SupervisorError, UpdatesLocked
+from supervisor.errors import EngineConflict, StepFailed, SupervisorError, UpdatesLocked
 from supervisor.lifecycle import Key, Lifecycles
 from supervisor.locks import UpdateLocks
+from supervisor.model.compose import ContainerSpec
 from supervisor.model.current import Phase
 from supervisor.model.steps import (
     CreateNetwork,
@@ -222,8 +223,7 @@ class Executor:
             lc.install()
             self.hooks.log(f"Installing service '{spec.name}'")
             try:
-                # after a crash the container may already exist under this name: reuse it
-                cid = await self.engine.find_container(spec.name) or await self.engine.create(spec)
+                cid = await self._create(spec)
             except SupervisorError as err:
                 lc.failed(reason=str(err))
                 self.hooks.log(f"Failed to install service '{spec.name}' due to '{err}'")
@@ -245,6 +245,16 @@ class Executor:
         lc.started()
         self.hooks.log(f"Started service '{spec.name}'")
 
+    async def _create(self, spec: ContainerSpec) -> str:
+        try:
+            return await self.engine.create(spec)
+        except EngineConflict:
+            # after a crash the container may already exist under this name: reuse it
+            cid = await self.engine.find_container(spec.name)
+            if cid is None:
+                raise
+            return cid
+
     async def _update_metadata(self, step: UpdateMetadata) -> None:
         await self.engine.rename(step.container_id, step.new_name)
 
@@ -264,7 +274,7 @@ class Executor:
         await asyncio.to_thread(self.locks.dir.clear_handover, app_id, service)
         lc = self.lifecycles.claim(new_key, "install", Phase.DOWNLOADED)
         lc.install()
-        cid = await self.engine.find_container(spec.name) or await self.engine.create(spec)
+        cid = await self._create(spec)
         lc.installed()
         lc.start()
         await self.engine.start(cid)

@@ -406,7 +406,10 @@ class Runtime:
         self.log_followers.on_docker_event(event)
         if event.get("Action") in ("die", "start", "destroy", "stop", "kill", "oom"):
             self.reconciler.mark_dirty()
-            # the loop may be sleeping out a backoff: refresh the snapshot now regardless
+            # the loop may be sleeping out a backoff: refresh the snapshot now. Not while a
+            # batch changes containers: those events are ours and the loop observes next.
+            if self.reconciler.batch_in_flight:
+                return
             if self._refresh is None or self._refresh.done():
                 self._refresh = asyncio.ensure_future(self._refresh_snapshot())
 

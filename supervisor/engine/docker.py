@@ -12,6 +12,7 @@ import logging
 import re
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import docker
@@ -70,13 +71,15 @@ class DockerEngine:
             base_url=base_url, version="auto", timeout=timeout, max_pool_size=pool_size
         )
         self.api = self.client.api
-        # inspect results keyed by (id, status string): only changed containers are re-inspected
-        self._inspect_cache: dict[str, tuple[str, dict[str, Any]]] = {}
+        # parsed inspect results by id, with the list-status key they were read at
+        self._inspect_cache: dict[str, tuple[str, ContainerInfo | None]] = {}
+        self._inspect_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="inspect")
 
     def close(self) -> None:
         stream = getattr(self, "_events_stream", None)
         if stream is not None:
             _close_stream(stream)  # unblocks the events thread's read at once
+        self._inspect_pool.shutdown(wait=False, cancel_futures=True)
         self.client.close()
 
     # -- observe -----------------------------------------------------------------------------
@@ -105,36 +108,32 @@ class DockerEngine:
         )
 
     def _containers(self) -> tuple[ContainerInfo, ...]:
-        seen: dict[str, dict[str, Any]] = {}
+        seen: dict[str, str] = {}
         for label in ("io.balena.supervised", "io.resin.supervised"):
             for summary in self.api.containers(all=True, filters={"label": label}):
-                seen[summary["Id"]] = summary
-        out = []
-        live = set()
-        for cid, summary in seen.items():
-            live.add(cid)
-            info = self._inspect_cached(cid, _status_key(summary))
+                seen[summary["Id"]] = _status_key(summary)
+        # only containers whose state changed are inspected again, several at a time
+        misses = [cid for cid, key in seen.items()
+                  if (hit := self._inspect_cache.get(cid)) is None or hit[0] != key]
+        for cid, info in zip(misses, self._inspect_pool.map(self._inspect_or_none, misses),
+                             strict=True):
             if info is None:
-                continue  # vanished between list and inspect
-            parsed = self._container(info)
-            if parsed is not None:
-                out.append(parsed)
+                self._inspect_cache.pop(cid, None)  # vanished between list and inspect
+            else:
+                self._inspect_cache[cid] = (seen[cid], self._container(info))
         for cid in list(self._inspect_cache):
-            if cid not in live:
+            if cid not in seen:
                 del self._inspect_cache[cid]
+        out = [hit[1] for cid in seen
+               if (hit := self._inspect_cache.get(cid)) is not None and hit[1] is not None]
         out.sort(key=lambda c: (c.app_id, c.service_name, c.created))
         return tuple(out)
 
-    def _inspect_cached(self, cid: str, key: str) -> dict[str, Any] | None:
-        cached = self._inspect_cache.get(cid)
-        if cached and cached[0] == key:
-            return cached[1]
+    def _inspect_or_none(self, cid: str) -> dict[str, Any] | None:
         try:
-            info = self.api.inspect_container(cid)
+            return dict(self.api.inspect_container(cid))
         except docker.errors.NotFound:
             return None
-        self._inspect_cache[cid] = (key, info)
-        return info
 
     def invalidate(self, cid: str) -> None:
         """Forget the cached inspect of a container (a Docker event said it changed)."""

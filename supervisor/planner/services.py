@@ -136,7 +136,11 @@ def _install(p: Pair, ctx: PlanContext) -> list[Decision]:
             return _noop(p, "waiting for what its creation needs")
         return [Decision(Start(spec=p.spec, commit=p.commit, start=False), needs_lock=True)]
     if not p.deps_met():
-        return _noop(p, "waiting for dependencies")
+        # a start is coming (its network, volume or dependency is on the way): ask for the
+        # app's lock now, in the same batch, rather than one round later
+        # (not while a reboot is pending: then only waiting is left, and the reboot comes first)
+        return [Decision(Noop(f"{p.target.name}: waiting for dependencies",
+                              app_id=p.spec.app_id), needs_lock=not ctx.reboot_required)]
     return [Decision(Start(spec=p.spec, commit=p.commit, start=p.target.running),
                      needs_lock=True)]
 
