@@ -26,8 +26,8 @@ from supervisor.errors import BadRequest, ConfigError, EngineConflict, NotFound,
 from supervisor.exclusive import ActionGate, holding_app, update_locks, wait_recreated
 from supervisor.executor import Executor, ExecutorHooks
 from supervisor.lifecycle import IN_FLIGHT, phase_from_container
-from supervisor.model.compose import VolumeSpec, container_spec
 from supervisor.model.current import ContainerInfo, Current
+from supervisor.model.spec import VolumeSpec, container_spec
 from supervisor.model.steps import Kill, Start, Stop
 from supervisor.model.target import TargetApp, TargetService, TargetState
 

@@ -19,8 +19,8 @@ from supervisor.engine.runner import AsyncEngine
 from supervisor.errors import EngineConflict, StepFailed, SupervisorError, UpdatesLocked
 from supervisor.lifecycle import Key, Lifecycles
 from supervisor.locks import UpdateLocks
-from supervisor.model.compose import ContainerSpec
 from supervisor.model.current import Phase
+from supervisor.model.spec import ContainerSpec
 from supervisor.model.steps import (
     CreateNetwork,
     CreateVolume,

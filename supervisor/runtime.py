@@ -37,7 +37,6 @@ from supervisor.host.breadcrumb import RebootBreadcrumb
 from supervisor.lifecycle import Key, Lifecycles, phase_from_container
 from supervisor.locks import UpdateLocks
 from supervisor.logs import LogHub
-from supervisor.model.compose import DeviceContext, wants_supervisor_api
 from supervisor.model.current import (
     Current,
     DeviceView,
@@ -46,6 +45,7 @@ from supervisor.model.current import (
     Phase,
     Snapshot,
 )
+from supervisor.model.spec import DeviceContext, wants_supervisor_api
 from supervisor.model.status import build_services
 from supervisor.model.steps import Fetch
 from supervisor.model.target import TargetState, parse_local_target, parse_target, to_v3

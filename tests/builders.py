@@ -19,7 +19,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from supervisor.model.compose import (
+from supervisor.model.current import ContainerInfo, Current, ImageInfo, NetworkInfo, VolumeInfo
+from supervisor.model.spec import (
     ContainerSpec,
     DeviceContext,
     app_networks,
@@ -29,7 +30,6 @@ from supervisor.model.compose import (
     volume_spec,
     wants_supervisor_api,
 )
-from supervisor.model.current import ContainerInfo, Current, ImageInfo, NetworkInfo, VolumeInfo
 from supervisor.model.target import TargetApp, TargetService, TargetState, parse_target
 from supervisor.planner import PlanContext
 

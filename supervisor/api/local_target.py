@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from supervisor.model.compose import app_networks
+from supervisor.model.spec import app_networks
 from supervisor.model.target import TargetApp, TargetService, TargetState
 
 _CONFIG_PREFIXES = ("RESIN_", "BALENA_")

@@ -20,7 +20,6 @@ import docker.errors
 import requests
 
 from supervisor import errors
-from supervisor.model.compose import ContainerSpec, NetworkSpec, VolumeSpec, parse_container_name
 from supervisor.model.current import (
     CONFIG_HASH_LABEL,
     ContainerInfo,
@@ -29,6 +28,7 @@ from supervisor.model.current import (
     NetworkInfo,
     VolumeInfo,
 )
+from supervisor.model.spec import ContainerSpec, NetworkSpec, VolumeSpec, parse_container_name
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from docker.types import CancellableStream
 
 from supervisor.engine.docker import _normalise_labels
 from supervisor.logs import LogMessage
-from supervisor.model.compose import parse_container_name
+from supervisor.model.spec import parse_container_name
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from typing import Any, ParamSpec, TypeVar
 
 from supervisor.engine.docker import DockerEngine
 from supervisor.engine.progress import PullProgress
-from supervisor.model.compose import ContainerSpec, NetworkSpec, VolumeSpec
 from supervisor.model.current import Current
+from supervisor.model.spec import ContainerSpec, NetworkSpec, VolumeSpec
 
 _LOGGER = logging.getLogger(__name__)
 P = ParamSpec("P")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
-from supervisor.model.compose import ContainerSpec, NetworkSpec, VolumeSpec
+from supervisor.model.spec import ContainerSpec, NetworkSpec, VolumeSpec
 
 
 @dataclass(frozen=True, slots=True)

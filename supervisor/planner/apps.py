@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from functools import cached_property, partial
 
 from supervisor.errors import SupervisorError
-from supervisor.model.compose import ContainerSpec
 from supervisor.model.current import ContainerInfo, NetworkInfo, VolumeInfo
+from supervisor.model.spec import ContainerSpec
 from supervisor.model.steps import (
     Noop,
     ReleaseLock,

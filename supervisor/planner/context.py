@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from supervisor.model.compose import DeviceContext
+from supervisor.model.spec import DeviceContext
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,8 +8,8 @@ planned on its own and the batches are joined.
 
 from __future__ import annotations
 
-from supervisor.model.compose import SUPERVISOR_NETWORK, wants_supervisor_api
 from supervisor.model.current import Current
+from supervisor.model.spec import SUPERVISOR_NETWORK, wants_supervisor_api
 from supervisor.model.steps import EnsureSupervisorNetwork, Fetch, Noop, ReleaseLock, Step
 from supervisor.model.target import TargetApp, TargetState
 from supervisor.planner.apps import AppObjects, AppPlanner, gate_on_lock

@@ -11,14 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from supervisor.model.compose import (
-    NetworkSpec,
-    VolumeSpec,
-    app_networks,
-    network_spec,
-    volume_spec,
-)
 from supervisor.model.current import ContainerInfo, NetworkInfo, VolumeInfo
+from supervisor.model.spec import NetworkSpec, VolumeSpec, app_networks, network_spec, volume_spec
 from supervisor.model.steps import CreateNetwork, CreateVolume, RemoveNetwork, RemoveVolume, Step
 from supervisor.model.target import TargetApp
 

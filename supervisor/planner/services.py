@@ -11,8 +11,8 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from supervisor.model.compose import ContainerSpec, truthy
 from supervisor.model.current import ContainerInfo
+from supervisor.model.spec import ContainerSpec, truthy
 from supervisor.model.steps import (
     Fetch,
     Handover,

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from supervisor.errors import SupervisorError
-from supervisor.model.compose import ContainerSpec, DeviceContext, container_spec
+from supervisor.model.spec import ContainerSpec, DeviceContext, container_spec
 from supervisor.model.target import TargetApp, TargetService, TargetState
 
 SpecResult = ContainerSpec | SupervisorError

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
 
 from tests.integration import dockerkit
+from tests.integration.supervisor_proc import SupervisorProc
 
 
 @pytest.fixture(scope="session")
@@ -58,3 +61,18 @@ def _clean_supervised(docker_client: docker.DockerClient) -> Iterator[None]:
     dockerkit.cleanup_supervised(docker_client)
     yield
     dockerkit.cleanup_supervised(docker_client)
+
+
+@pytest.fixture
+def sup(tmp_path: Path, docker_client: docker.DockerClient) -> Iterator[Any]:
+    """A factory of real supervisor processes (local mode), each stopped after the test."""
+    procs: list[SupervisorProc] = []
+
+    def make(target: dict[str, Any] | None = None, **kw: Any) -> SupervisorProc:
+        proc = SupervisorProc(tmp_path / f"sup{len(procs)}", target=target, **kw)
+        procs.append(proc)
+        return proc.start()
+
+    yield make
+    for proc in procs:
+        proc.stop()

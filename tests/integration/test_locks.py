@@ -35,20 +35,6 @@ def running_image(client: docker.DockerClient, image: str, service: str = "a") -
 
 
 @pytest.fixture
-def sup(tmp_path: Path, docker_client: docker.DockerClient) -> Any:
-    procs: list[SupervisorProc] = []
-
-    def make(target: dict[str, Any] | None = None, **kw: Any) -> SupervisorProc:
-        proc = SupervisorProc(tmp_path / f"sup{len(procs)}", target=target, **kw)
-        procs.append(proc)
-        return proc.start()
-
-    yield make
-    for proc in procs:
-        proc.stop()
-
-
-@pytest.fixture
 def two_images(docker_client: docker.DockerClient) -> Any:
     stamp = f"{os.getpid()}-{time.time_ns()}"
     first = push_random_image(docker_client, "balena-py/lock-a", 8, tag=f"v1-{stamp}")

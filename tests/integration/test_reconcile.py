@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import docker
-import pytest
 
 from tests.integration.dockerkit import push_random_image
 from tests.integration.supervisor_proc import SupervisorProc, local_target
@@ -37,20 +36,6 @@ def running(client: docker.DockerClient, *names: str) -> bool:
     return all(
         len(services.get(n, [])) == 1 and services[n][0].status == "running" for n in names
     )
-
-
-@pytest.fixture
-def sup(tmp_path: Path, docker_client: docker.DockerClient) -> Any:
-    procs: list[SupervisorProc] = []
-
-    def make(target: dict[str, Any] | None = None, **kw: Any) -> SupervisorProc:
-        proc = SupervisorProc(tmp_path / f"sup{len(procs)}", target=target, **kw)
-        procs.append(proc)
-        return proc.start()
-
-    yield make
-    for proc in procs:
-        proc.stop()
 
 
 def test_demo_target_converges_with_labels_and_env(sup: Any, docker_client: Any) -> None:

@@ -32,9 +32,9 @@ from supervisor.errors import BadRequest, NotFound, SupervisorError, UpdatesLock
 from supervisor.exclusive import ActionGate, batch_in_flight, hold_app, lock_dirs, not_recreated
 from supervisor.host.actions import DryRunHostActions
 from supervisor.journal import open_journal
-from supervisor.model.compose import DeviceContext, container_spec
 from supervisor.model.current import ContainerInfo, Current, DeviceView, Snapshot, VolumeInfo
-from supervisor.model.steps import Fetch, Kill, Noop, Start, TakeLock
+from supervisor.model.spec import DeviceContext, container_spec
+from supervisor.model.steps import Fetch, Kill, Noop, Start
 from supervisor.model.target import TargetState, parse_local_target
 from supervisor.planner import PlanContext, plan
 from supervisor.reconciler import LoopState
@@ -139,8 +139,9 @@ def test_hold_keeps_the_loop_from_creating_the_apps_containers() -> None:
     held = hold_app(tgt, 1)
     steps = plan(Current(), held, _ctx(locked_apps=frozenset({1})))
     assert steps and all(isinstance(s, Noop) for s in steps)
-    # without the lock the loop does not even ask for it: nothing to lock for
-    assert not any(isinstance(s, TakeLock) for s in plan(Current(), held, _ctx()))
+    # while the action holds the app's lock the loop neither takes nor releases it
+    under_action = plan(Current(), held, _ctx(foreign_locked=frozenset({1})))
+    assert under_action and all(isinstance(s, Noop) for s in under_action)
     # the running containers' config hash is unchanged: the loop leaves them alone
     spec = container_spec(tgt.apps["1"], tgt.apps["1"].release.services["one"],  # type: ignore[union-attr]
                           DeviceContext(device_uuid=UUID), image_ref="sha256:img")

@@ -13,22 +13,24 @@ from hypothesis import strategies as st
 from supervisor.errors import ConfigError, NotFound, TargetInvalid
 from supervisor.model.compose import (
     _FIELDS,
-    HASH_LABEL,
-    DeviceContext,
     NetworkConfig,
     VolumeConfig,
+    parse_composition,
+    parse_network_config,
+)
+from supervisor.model.compose_values import PortBinding, parse_duration_ns, parse_memory
+from supervisor.model.images import image_registry, normalise_image_name, same_image
+from supervisor.model.spec import (
+    HASH_LABEL,
+    DeviceContext,
     app_networks,
     container_spec,
     is_handover_name,
     network_spec,
-    parse_composition,
     parse_container_name,
-    parse_network_config,
     volume_spec,
     wants_supervisor_api,
 )
-from supervisor.model.compose_values import PortBinding, parse_duration_ns, parse_memory
-from supervisor.model.images import image_registry, normalise_image_name, same_image
 from supervisor.model.target import TargetApp, TargetRelease, TargetService
 
 APP_UUID = "a" * 32
