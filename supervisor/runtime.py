@@ -90,6 +90,7 @@ class Runtime:
         self.started_at = time.monotonic()
         self._pulling: set[str] = set()
         self.cloud: CloudSync | None = None
+        self._device: DeviceView
         self._refresh: asyncio.Future[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -178,6 +179,8 @@ class Runtime:
     async def set_target(self, target: TargetState, *, source: str, force: bool = False) -> None:
         """Store a new target (SQLite first: a crash after this still applies it) and apply."""
         await self.store.save_target(source, to_v3(target))  # type: ignore[arg-type]
+        if source == "cloud" and not self.settings.unmanaged:
+            await self._switch_mode(local=_local_mode_flag(target.config), force=force)
         if source == self.target_source:
             self.target = target
             self.device_name = target.name or self.device_name
@@ -185,15 +188,41 @@ class Runtime:
             self.publish()
             self.reconciler.target_changed(force=force)
 
+    async def _switch_mode(self, *, local: bool, force: bool) -> None:
+        """The cloud's SUPERVISOR_LOCAL_MODE: local targets (no API key) or the cloud's.
+
+        Local and cloud targets are stored apart; entering local mode applies the stored local
+        target (or, without one, touches nothing), leaving it restores the cloud target.
+        """
+        source = "local" if local else "cloud"
+        if source == self.target_source:
+            return
+        await self.store.set_config("localMode", local)
+        self.target_source = source
+        self.log("Entering local mode" if local else "Leaving local mode: back to the cloud target")
+        self.target = await self._stored_target(source)
+        self._device = replace(self._device, local_mode=local)
+        if self.target is not None:
+            await self.ensure_scoped_keys(self.target)
+        self.publish()
+        self.reconciler.target_changed(force=force)
+
+    async def _stored_target(self, source: str) -> TargetState | None:
+        body = await self.store.load_target(source)  # type: ignore[arg-type]
+        if body is None:
+            return None
+        try:
+            return parse_target(body, device_uuid=self.settings.uuid)
+        except TargetInvalid as err:
+            _LOGGER.error("stored %s target is invalid, ignoring it: %s", source, err)
+            return None
+
     async def _load_target(self) -> None:
-        body = await self.store.load_target(self.target_source)  # type: ignore[arg-type]
-        if body is not None:
-            try:
-                self.target = parse_target(body, device_uuid=self.settings.uuid)
-                self.device_name = self.target.name
-            except TargetInvalid as err:
-                _LOGGER.error("stored %s target is invalid, ignoring it: %s",
-                              self.target_source, err)
+        if not self.settings.unmanaged and await self.store.get_config("localMode", False):
+            self.target_source = "local"
+        self.target = await self._stored_target(self.target_source)
+        if self.target is not None:
+            self.device_name = self.target.name
         local = self.settings.local_target
         if local is not None and self.local_mode:
             try:
@@ -505,6 +534,13 @@ async def _guard_server(server: uvicorn.Server) -> None:
         except (OSError, SystemExit) as err:
             _LOGGER.error("API server failed (%s); retrying in 5 s", err)
             await asyncio.sleep(5)
+
+
+def _local_mode_flag(config: dict[str, str]) -> bool:
+    for key, value in config.items():
+        if key.removeprefix("BALENA_").removeprefix("RESIN_") == "SUPERVISOR_LOCAL_MODE":
+            return str(value).strip().lower() in ("1", "true", "on")
+    return False
 
 
 def _os_version() -> str:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import httpx
 import pytest
 
 from supervisor.devcloud.cli import Client
@@ -352,3 +353,31 @@ def test_a_host_network_service_calls_the_api_with_its_scoped_key(
     scoped = env["BALENA_SUPERVISOR_API_KEY"]
     assert scoped != device.api_key() and len(scoped) == 32
     assert env["RESIN_SUPERVISOR_API_KEY"] == scoped
+
+
+@pytest.mark.timeout(400)
+def test_local_mode_from_the_cloud_and_back(fleet: Fleet, base_image: str) -> None:
+    commit = fleet.push(_release(base_image, "cloud"))
+    fleet.wait_done(commit, "the cloud release to converge")
+    device = fleet.devices[0]
+    client = fleet.cloud.client()
+    api = f"http://127.0.0.1:{device.port}"
+
+    # managed: the local target endpoint needs a key and refuses to work outside local mode
+    assert httpx.get(f"{api}/v2/local/target-state").status_code == 401
+    client.call("PUT", f"/admin/devices/{device.uuid}/config/SUPERVISOR_LOCAL_MODE",
+                {"value": "1"})
+    _wait(lambda: httpx.get(f"{api}/v2/local/target-state").status_code == 200,
+          "local mode (no key needed)", 60, fleet.logs)
+    local = {"local": {"name": "local", "config": {}, "apps": {"7": {
+        "name": "pushed", "commit": "localc0mmit", "releaseId": 1, "services": {"1": {
+            "serviceName": "pushed", "imageId": 1, "image": base_image,
+            "command": ["sh", "-c", "while true; do sleep 5; done"], "network_mode": "host",
+            "environment": {}, "labels": {}}}}}}}
+    assert httpx.post(f"{api}/v2/local/target-state", json=local).status_code == 200
+    fleet.wait_running(device, "localc0mmit", "the local target to run")
+
+    # leaving local mode restores the cloud target
+    client.call("DELETE", f"/admin/devices/{device.uuid}/config/SUPERVISOR_LOCAL_MODE")
+    fleet.wait_running(device, commit, "the cloud target to come back")
+    assert httpx.get(f"{api}/v2/local/target-state").status_code == 401
