@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_dir(api_key)
     api_key.set_defaults(handler=_cmd_api_key)
 
+    # listed for --help only: main() hands `devcloud ...` to the devcloud's own parser
+    commands.add_parser("devcloud", help="the development fleet server and its client "
+                        "(balena-supervisor devcloud --help; docs/fleet.md)")
     status = commands.add_parser("status", help="print /v2/state/status of a running supervisor")
     status.add_argument(
         "--listen",
