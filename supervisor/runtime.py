@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import logging.handlers
+import queue
 import signal
 import time
 from collections import deque
@@ -553,17 +555,30 @@ def _os_version() -> str:
     return "unknown"
 
 
-def run_supervisor(settings: Settings) -> int:
-    logging.basicConfig(
-        level=getattr(logging, settings.log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def _setup_logging(level: str) -> logging.handlers.QueueListener:
+    """Log records are written by a listener thread: a slow console or disk never stalls the
+    event loop (every API request is logged, as upstream does)."""
+    console = logging.StreamHandler()
+    console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    listener = logging.handlers.QueueListener(records, console)
+    root = logging.getLogger()
+    root.handlers[:] = [logging.handlers.QueueHandler(records)]
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
     # transitions logs every callback at INFO and warns about our declared trigger stubs
     logging.getLogger("transitions").setLevel(logging.ERROR)
+    listener.start()
+    return listener
+
+
+def run_supervisor(settings: Settings) -> int:
+    listener = _setup_logging(settings.log_level)
     runtime = Runtime(settings)
     try:
         asyncio.run(runtime.run())
     except SupervisorError as err:
         _LOGGER.error("%s", err)
         return 1
+    finally:
+        listener.stop()  # flushes what is queued
     return 0

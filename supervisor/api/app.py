@@ -244,7 +244,13 @@ class RequestLogMiddleware:
         finally:
             if not elapsed:
                 elapsed = (time.perf_counter() - start) * 1000
-            _LOGGER.info("%s %s %d - %.3f ms", scope["method"], scope["path"], status, elapsed)
+            # reads that succeed are the bulk (apps poll): debug, so they cost nothing at the
+            # default level; changes and failures stay visible at info
+            quiet = scope["method"] in ("GET", "HEAD") and status < 400
+            level = logging.DEBUG if quiet else logging.INFO
+            if _LOGGER.isEnabledFor(level):
+                _LOGGER.log(level, "%s %s %d - %.3f ms", scope["method"], scope["path"],
+                            status, elapsed)
 
 
 class SafetyNetMiddleware:

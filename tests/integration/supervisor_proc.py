@@ -62,7 +62,7 @@ class SupervisorProc:
     def start(self, *, wait: bool = True) -> SupervisorProc:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(self.args(), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, "SUPERVISOR_LOG_LEVEL": "info"})
+                                     env={"SUPERVISOR_LOG_LEVEL": "info", **os.environ})
         if wait:
             self.wait_ping()
         return self
