@@ -126,7 +126,8 @@ class Reconciler:
                 steps = await self._round()
                 if steps is None:
                     break
-                if all(isinstance(s, Noop) for s in steps):
+                # () is a failed round that already backed off: go again at once
+                if steps and all(isinstance(s, Noop) for s in steps):
                     await self._sleep(1.0)  # waiting on something outside the loop
         finally:
             self.state.applying = False

@@ -189,7 +189,8 @@ class CloudSync:
                 seq = snapshot.seq
                 self.reporter.changed()
             await self.budget.set_target(self._current_hash())
-            if state.failures > seen_failures:
+            # waiting on a user update lock is the app's choice, not a failing target
+            if state.failures > seen_failures and state.last_error_locked is None:
                 for _ in range(state.failures - seen_failures):
                     if await self.budget.failed(state.last_error or "unknown error"):
                         self._hold(self.budget.reason or "")
@@ -206,11 +207,9 @@ class CloudSync:
         self.reporter.changed()
 
     def _hold(self, reason: str) -> None:
-        # Proposed Reconciler.hold(reason): stop retrying until target_changed() or a forced
-        # mark_dirty(). Until the reconciler has it, the loop keeps retrying with its backoff.
-        hold = getattr(self._rt.reconciler, "hold", None)
-        if callable(hold):
-            hold(reason)
+        # the loop keeps what runs and stops retrying until the target changes or an update
+        # is forced (target_changed() / mark_dirty(force=True) clear the hold)
+        self._rt.reconciler.hold(reason)
 
     def _current_hash(self) -> str | None:
         target = self._rt.target
