@@ -263,6 +263,19 @@ class AppActions:
         self._align(container)
         await self.executor.run(step)
 
+    async def stop_all(self) -> list[str]:
+        """Stop every running supervised container, keeping it (reboot/shutdown: the seed's
+        "first try to stop applications"); returns the ids stopped."""
+        current = self._rt.reconciler.current  # kept fresh by Docker events
+        running = [c for c in current.containers if c.running] if current else []
+        for c in running:
+            self._align(c)
+        steps = tuple(Stop(container_id=c.id, name=c.name, app_id=c.app_id,
+                           service_name=c.service_name, commit=c.commit) for c in running)
+        if steps:
+            await self.executor.apply(steps)
+        return [c.id for c in running]
+
     async def _kill(self, containers: Sequence[ContainerInfo]) -> None:
         for c in containers:
             self._align(c)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -32,9 +33,11 @@ HUP_MESSAGE = "Waiting for Host OS update to finish"
 
 
 class DeviceActions:
-    def __init__(self, runtime: Runtime, gate: ActionGate) -> None:
+    def __init__(self, runtime: Runtime, gate: ActionGate,
+                 stop_apps: Callable[[], Awaitable[list[str]]] | None = None) -> None:
         self._rt = runtime
         self._gate = gate
+        self._stop_apps = stop_apps
         self._tasks: set[asyncio.Task[None]] = set()
         self.power_delay = POWER_DELAY
         self.host_root = HOST_ROOT
@@ -42,9 +45,9 @@ class DeviceActions:
     # -- reboot and shutdown (api.md §3.7) -------------------------------------------------------
 
     async def power(self, action: Literal["reboot", "shutdown"], force: bool) -> None:
-        """Check the HUP breadcrumbs and every app's locks, log, and fire the host call
-        after a short delay so that the reply goes out first. The locks are released right
-        away (upstream releases them before the device goes down, too)."""
+        """Check the HUP breadcrumbs and every app's locks, stop the apps, log, and fire the
+        host call after a short delay so that the reply goes out first. The locks are released
+        right away (upstream releases them before the device goes down, too)."""
         rt = self._rt
         if not force and await asyncio.to_thread(host_os_update_in_progress,
                                                  rt.settings.state_dir):
@@ -52,6 +55,11 @@ class DeviceActions:
         services = await all_app_services(rt)
         async with self._gate.hold(services), update_locks(
                 rt, services, force=force or lock_override(rt.target)):
+            # the seed: "this will first try to stop applications"; then nothing more is
+            # applied until the device comes back (a dry run resumes, see runtime)
+            rt.reconciler.hold("Rebooting" if action == "reboot" else "Shutting down")
+            if self._stop_apps is not None:
+                rt.stopped_for_power = await self._stop_apps()
             rt.log("Rebooting" if action == "reboot" else "Shutting down")
             task = asyncio.create_task(self._power_later(action), name=f"host-{action}")
             self._tasks.add(task)

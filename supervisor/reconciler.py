@@ -89,6 +89,11 @@ class Reconciler:
         self.state.held = reason
         self._publish()
 
+    def resume(self) -> None:
+        """End a hold without forcing anything (the device came back from a reboot)."""
+        self.state.held = None
+        self.mark_dirty()
+
     @property
     def batch_in_flight(self) -> bool:
         """A batch that changes containers is running (a download-only batch does not count)."""

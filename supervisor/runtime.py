@@ -94,6 +94,8 @@ class Runtime:
         self.cloud: CloudSync | None = None
         self._device: DeviceView
         self._refresh: asyncio.Future[None] | None = None
+        # containers stopped by POST /v1/reboot|shutdown (a dry-run reboot starts them again)
+        self.stopped_for_power: list[str] = []
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- the snapshot --------------------------------------------------------------------------
@@ -416,10 +418,20 @@ class Runtime:
                 await self.locks.release(app_id, owner="reboot")
 
     def _simulated_reboot(self) -> None:
-        """A dry-run reboot: behave as a device that just booted (new boot time), so what
-        waited for a reboot (requires-reboot services) proceeds. Nothing is restarted."""
+        """A dry-run reboot: behave as a device that just booted. The boot time moves (what
+        waited for a reboot proceeds), the containers stopped for it start again as Docker's
+        restart policy would at boot, and the loop resumes."""
         self._boot_time = time.time()
-        self.reconciler.mark_dirty()
+        stopped, self.stopped_for_power = self.stopped_for_power, []
+        self._spawn(self._boot(stopped))
+
+    async def _boot(self, stopped: list[str]) -> None:
+        for cid in stopped:
+            try:
+                await self.engine.start(cid)
+            except SupervisorError as err:
+                _LOGGER.warning("could not start %s after the reboot: %s", cid[:12], err)
+        self.reconciler.resume()
 
     async def _observe(self) -> Current:
         current = await self.engine.observe()

@@ -88,7 +88,7 @@ class RuntimeActions:
         self._rt = runtime
         self.gate = ActionGate(runtime)
         self.apps = AppActions(runtime, self.gate)
-        self.device = DeviceActions(runtime, self.gate)
+        self.device = DeviceActions(runtime, self.gate, stop_apps=self.apps.stop_all)
 
     async def update(self, force: bool, cancel: bool) -> bool:
         return await self.device.update(force, cancel)

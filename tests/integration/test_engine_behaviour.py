@@ -109,3 +109,49 @@ def test_progress_after_a_crash_is_the_last_recorded_not_zero(
         proc.stop()
         with contextlib.suppress(docker.errors.ImageNotFound):
             docker_client.images.remove(big, force=True)
+
+
+def test_reboot_stops_the_apps_first_and_a_dry_run_boots_them_again(
+    sup: Any, docker_client: Any, base_image: str
+) -> None:
+    proc = sup(local_target({"a": {"image": base_image, "command": SLEEP}}))
+    proc.wait_for(lambda: proc.status()["appState"] == "applied"
+                  and proc.status()["containers"], what="applied")
+    (container,) = docker_client.containers.list(filters={"label": "io.balena.supervised"})
+    # a user lock refuses the reboot, and nothing is stopped
+    container.exec_run(["touch", "/tmp/balena/updates.lock"])
+    refused = proc.client.post("/v1/reboot")
+    assert refused.status_code == 423 and "updates.lock" in refused.json()["Error"]
+    container.reload()
+    assert container.status == "running"
+    container.exec_run(["rm", "/tmp/balena/updates.lock"])
+
+    since = int(time.time()) - 1
+    resp = proc.client.post("/v1/reboot")
+    assert resp.status_code == 202 and resp.json() == {"Data": "OK", "Error": None}
+    proc.wait_for(lambda: "Rebooting" in proc.log(), what="the reboot", timeout=10)
+    # the (dry-run) device comes back: the container runs again, same container
+    proc.wait_for(lambda: docker_client.containers.get(container.id).status == "running"
+                  and [e for e in docker_client.api.events(
+                      since=since, until=int(time.time()), decode=True,
+                      filters={"type": "container", "event": "start", "container": container.id})],
+                  what="started again after the reboot", timeout=30)
+    died = list(docker_client.api.events(since=since, until=int(time.time()), decode=True,
+                                         filters={"type": "container", "event": "die",
+                                                  "container": container.id}))
+    assert died, "the app was not stopped before the reboot"
+
+
+def test_shutdown_stops_the_apps_and_applies_nothing_more(
+    sup: Any, docker_client: Any, base_image: str
+) -> None:
+    proc = sup(local_target({"a": {"image": base_image, "command": SLEEP}}))
+    proc.wait_for(lambda: proc.status()["appState"] == "applied"
+                  and proc.status()["containers"], what="applied")
+    assert proc.client.post("/v1/shutdown").status_code == 202
+    proc.wait_for(lambda: proc.status()["containers"][0]["status"] == "exited",
+                  what="the app stopped", timeout=30)
+    time.sleep(3)
+    (container,) = docker_client.containers.list(all=True,
+                                                  filters={"label": "io.balena.supervised"})
+    assert container.status == "exited"

@@ -290,6 +290,9 @@ class FakeLoop:
     def target_changed(self, *, force: bool = False) -> None:
         self.calls.append(("target_changed", force))
 
+    def hold(self, reason: str) -> None:
+        self.state.held = reason
+
     @property
     def batch_in_flight(self) -> bool:
         """As the reconciler's: a running batch that does more than download."""
