@@ -239,7 +239,9 @@ def test_requires_reboot_starts_only_after_the_reboot(
     proc.wait_for(lambda: containers(docker_client)
                   and containers(docker_client)[0].status == "running",
                   what="started after the (dry-run) reboot", timeout=60)
-    log = proc.log()
+    # the log is written by a listener thread: wait for the line rather than race it
+    log = proc.wait_for(lambda: "Started service 'a_" in (text := proc.log()) and text,
+                        what="the start in the log", timeout=10)
     scheduled = log.index("Reboot has been scheduled to apply changes")
     rebooted = log.index("Rebooting")
     started = log.index("Started service 'a_")
