@@ -268,18 +268,18 @@ class AppActions:
         "first try to stop applications"); returns the ids stopped."""
         current = self._rt.reconciler.current  # kept fresh by Docker events
         running = [c for c in current.containers if c.running] if current else []
-        for c in running:
-            self._align(c)
-        steps = tuple(Stop(container_id=c.id, name=c.name, app_id=c.app_id,
-                           service_name=c.service_name, commit=c.commit) for c in running)
-        if steps:
-            await self.executor.apply(steps)
+        await self._apply_to(running, Stop)
         return [c.id for c in running]
 
     async def _kill(self, containers: Sequence[ContainerInfo]) -> None:
+        await self._apply_to(containers, Kill)
+
+    async def _apply_to(self, containers: Sequence[ContainerInfo],
+                        step: type[Stop] | type[Kill]) -> None:
+        """One Stop or Kill per container, in one batch, from records aligned with Docker."""
         for c in containers:
             self._align(c)
-        steps = tuple(Kill(container_id=c.id, name=c.name, app_id=c.app_id,
+        steps = tuple(step(container_id=c.id, name=c.name, app_id=c.app_id,
                            service_name=c.service_name, commit=c.commit) for c in containers)
         if steps:
             await self.executor.apply(steps)

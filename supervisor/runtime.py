@@ -288,7 +288,7 @@ class Runtime:
         self.commits = await self.store.current_commits()
         boot = datetime.fromtimestamp(self._boot_time, UTC).strftime("%Y-%m-%dT%H:%M:%S")
         return PlanContext(
-            device=self._device_ctx_cached(),
+            device=self.device_context(),
             image_ids=image_ids,
             downloading=frozenset(n for n, d in self.downloads.items()
                                   if d.status == "Downloading" and n in self._pulling),
@@ -314,9 +314,6 @@ class Runtime:
             if bare in ("SUPERVISOR_OVERRIDE_LOCK", "OVERRIDE_LOCK"):
                 return str(value).strip().lower() in ("1", "true", "on")
         return False
-
-    def _device_ctx_cached(self) -> DeviceContext:
-        return self.device_context()
 
     # -- executor hooks --------------------------------------------------------------------------
 

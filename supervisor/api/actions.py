@@ -73,11 +73,11 @@ class RuntimeApi:
     def lookup_key(self, key: str) -> KeyRecord | None:
         return self._rt.store.lookup_api_key_cached(key)
 
-    def locks(self) -> list[dict[str, Any]]:
+    async def locks(self) -> list[dict[str, Any]]:
         return [
             {"appId": lk.app_id, "serviceName": lk.service_name, "path": lk.path,
              "owner": lk.owner, "since": lk.since}
-            for lk in self._rt.locks.dir.find()
+            for lk in await self._rt.locks.all_locks()  # a directory walk: off the event loop
         ]
 
 

@@ -210,7 +210,7 @@ class ApiContext(Protocol):
         """The stored key, from memory (constant time); None when unknown."""
         ...
 
-    def locks(self) -> list[dict[str, Any]]:
+    async def locks(self) -> list[dict[str, Any]]:
         """`GET /v2/locks`: the update locks held now, e.g.
         `{"appId": 1, "serviceName": "main", "path": "...", "owner": "user"|"supervisor"}`."""
         ...

@@ -193,7 +193,7 @@ async def journal_logs(r: ApiRequest) -> Response:
 
 
 async def locks(r: ApiRequest) -> Response:
-    held = [lock for lock in r.ctx.locks()
+    held = [lock for lock in await r.ctx.locks()
             if not isinstance(lock.get("appId"), int) or r.auth.is_scoped(lock["appId"])]
     return views.json({"status": "success", "locks": held})
 

@@ -275,7 +275,7 @@ class FakeContext:
             raise self.lookup_error
         return self.keys.get(key)
 
-    def locks(self) -> list[dict[str, Any]]:
+    async def locks(self) -> list[dict[str, Any]]:
         return list(self.held_locks)
 
 
