@@ -14,7 +14,7 @@ import os
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -121,6 +121,13 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     pin.set_defaults(handler=lambda c, a: c.call(
         "PATCH", _owner_path(a), {"pinned_release": a.commit}))
 
+    logs = commands.add_parser("logs", help="a device's log lines (see docs/fleet.md)")
+    logs.add_argument("uuid")
+    logs.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
+    logs.add_argument("--count", type=int, default=None, metavar="N", help="the last N only")
+    logs.add_argument("--json", action="store_true", help="NDJSON as stored")
+    logs.set_defaults(handler=_logs)
+
     prox = commands.add_parser("proxy", help="call a device's supervisor API through the proxy")
     prox.add_argument("path")
     target = prox.add_mutually_exclusive_group(required=True)
@@ -176,6 +183,19 @@ def _proxy(client: Client, args: argparse.Namespace) -> Any:
     if args.data:
         body["data"] = json.loads(args.data)
     return client.call("POST", "/supervisor/" + args.path.lstrip("/"), body)
+
+
+def _logs(client: Client, args: argparse.Namespace) -> None:
+    from supervisor.devcloud.logs import render
+
+    query = {"follow": "1"} if args.follow else {}
+    if args.count is not None:
+        query["count"] = str(args.count)
+    path = f"/devices/{_q(args.uuid)}/logs"
+    if query:
+        path += "?" + "&".join(f"{k}={v}" for k, v in query.items())
+    for line in client.lines(path):
+        print(line if args.json else render(json.loads(line)), flush=True)
 
 
 def _q(value: str) -> str:
@@ -242,6 +262,22 @@ class Client:
                                   ) from err
         shown = f"[{host}]" if ":" in host else host
         return cls(f"http://{shown}:{port}", token)
+
+    def lines(self, path: str) -> Iterator[str]:
+        """GET an NDJSON resource, one line at a time as it arrives (no overall timeout)."""
+        request = urllib.request.Request(self.base + path, headers={
+            "Authorization": f"Bearer {self.token}"})
+        try:
+            with _OPENER.open(request) as answer:
+                for raw in answer:
+                    if raw.strip():
+                        yield raw.decode("utf-8", "replace").rstrip("\n")
+        except urllib.error.HTTPError as err:
+            detail = err.read().decode("utf-8", "replace").strip()
+            raise SupervisorError(f"GET {path}: HTTP {err.code} {detail}") from err
+        except (urllib.error.URLError, OSError) as err:
+            raise SupervisorError(f"cannot reach {self.base}: "
+                                  f"{getattr(err, 'reason', err)}") from err
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()

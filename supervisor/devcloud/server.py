@@ -8,9 +8,10 @@ Device-facing (what the agent's `supervisor/cloud` calls; state.md §4-§8):
   GET   /device/v3/<uuid>/state              the target, with ETag / If-None-Match -> 304
   PATCH /device/v3/state                     state report (merged; api_secret kept)
   PATCH /device/v3/tags, GET /v7/device_tag  device tags
-  POST  /device/v2/<uuid>/log-stream         gzip NDJSON logs (last lines kept in memory)
+  POST  /device/v2/<uuid>/log-stream         gzip NDJSON logs (see logs.py)
 Proxy (admin token): POST /supervisor/<path>  (see proxy.py)
-Admin (admin token): /admin/fleets..., /admin/devices... (see `_admin_routes`); every change
+Admin (admin token): /admin/fleets..., /admin/devices..., and GET /devices/<uuid>/logs
+(NDJSON; `?follow=1` streams new lines, `?count=N`); every change
 that alters targets notifies the affected devices with `POST /v1/update`.
 """
 
@@ -21,16 +22,15 @@ import hmac
 import json
 import logging
 import re
-import zlib
-from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from supervisor.devcloud import logs as devlogs
 from supervisor.devcloud import proxy
 from supervisor.devcloud.db import Db, Kind, Scope
 from supervisor.errors import BadRequest, Forbidden, NotFound, SupervisorError, Unauthorized
@@ -38,7 +38,6 @@ from supervisor.errors import BadRequest, Forbidden, NotFound, SupervisorError, 
 _LOGGER = logging.getLogger(__name__)
 
 _FILTER_UUID = re.compile(r"uuid eq '([^']*)'")
-LOG_LINES_KEPT = 1000
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -49,7 +48,7 @@ class DevCloud:
     def __init__(self, db: Db, token: str) -> None:
         self.db = db
         self.token = token
-        self.logs: dict[str, deque[dict[str, Any]]] = {}
+        self.logs = devlogs.DeviceLogs()
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- auth ---------------------------------------------------------------------------------
@@ -209,19 +208,13 @@ async def device_tags(request: Request) -> Response:
 async def log_stream(request: Request) -> Response:
     cloud: DevCloud = request.app.state.cloud
     device = await cloud.device_of(request, request.path_params["uuid"])
-    lines = cloud.logs.setdefault(device["uuid"], deque(maxlen=LOG_LINES_KEPT))
+    target, _ = await cloud.db.run(cloud.db.target, device["uuid"])
     gzipped = request.headers.get("content-encoding", "").lower() == "gzip"
-    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS) if gzipped else None
-    pending = b""
-    async for chunk in request.stream():
-        pending += inflate.decompress(chunk) if inflate is not None else chunk
-        *complete, pending = pending.split(b"\n")
-        for line in complete:
-            if line.strip():
-                try:
-                    lines.append(json.loads(line))
-                except ValueError:
-                    lines.append({"message": line.decode("utf-8", "replace")})
+    rejected = await devlogs.ingest(
+        request.stream(), gzipped=gzipped, names=devlogs.service_names(target),
+        sink=lambda batch: cloud.logs.append(device["uuid"], batch))
+    if rejected:
+        _LOGGER.info("log stream of %s: %d unusable line(s) skipped", device["uuid"], rejected)
     return PlainTextResponse("OK")
 
 
@@ -339,7 +332,26 @@ async def device(request: Request) -> Response:
 async def device_logs(request: Request) -> Response:
     cloud: DevCloud = request.app.state.cloud
     cloud.require_admin(request)
-    return JSONResponse(list(cloud.logs.get(request.path_params["uuid"], ())))
+    return JSONResponse(cloud.logs.recent(request.path_params["uuid"]))
+
+
+async def device_logs_ndjson(request: Request) -> Response:
+    """GET /devices/<uuid>/logs[?count=N][&follow=1]: NDJSON, one log line per line."""
+    cloud: DevCloud = request.app.state.cloud
+    cloud.require_admin(request)
+    uuid = (await cloud.db.run(cloud.db.device, request.path_params["uuid"]))["uuid"]
+    raw_count = request.query_params.get("count")
+    count = None if raw_count is None else _int(raw_count, "count")
+    follow = request.query_params.get("follow", "") in ("1", "true")
+
+    async def lines() -> AsyncIterator[bytes]:
+        with cloud.logs.subscribe(uuid) as queue:
+            for entry in cloud.logs.recent(uuid, count):
+                yield json.dumps(entry).encode() + b"\n"
+            while follow:
+                yield json.dumps(await queue.get()).encode() + b"\n"
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
 
 
 async def variable(request: Request) -> Response:
@@ -439,6 +451,7 @@ def build_app(cloud: DevCloud) -> Starlette:
         Route("/admin/devices", devices, methods=["GET"]),
         Route("/admin/devices/{uuid}", device, methods=["GET", "PATCH"]),
         Route("/admin/devices/{uuid}/logs", device_logs, methods=["GET"]),
+        Route("/devices/{uuid}/logs", device_logs_ndjson, methods=["GET"]),
         Route("/admin/{scope:str}/{ref}/{kind:str}/{name}", variable, methods=["PUT", "DELETE"]),
     ]
     app = Starlette(routes=routes, exception_handlers={SupervisorError: _error})

@@ -1,0 +1,148 @@
+"""Device logs in the devcloud: ingest the log stream, keep recent lines, feed followers.
+
+`POST /device/v2/<uuid>/log-stream` (server.py) hands its body to `ingest()`: gzip (or plain)
+NDJSON, read as it arrives, decompressed in bounded steps (a line longer than `MAX_LINE` bytes,
+or a stream that would inflate past it, is refused), each line checked and reduced to the
+fields of config.md §10.1, plus `serviceName` when the device's target names the serviceId.
+`DeviceLogs` keeps the last lines of each device in memory and hands new ones to followers
+(`GET /devices/<uuid>/logs?follow=1`, `devcloud logs <uuid> --follow`). A follower that reads
+too slowly loses lines rather than slowing the device's stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import zlib
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from supervisor.errors import BadRequest
+
+KEEP_PER_DEVICE = 10_000
+MAX_LINE = 256 * 1024  # bytes; the device truncates messages at 10 000 characters
+MAX_MESSAGE = 65_536  # characters kept per line: a bound, not the device's truncation
+FOLLOW_QUEUE = 1_000
+_STEP = 64 * 1024  # decompressed bytes per inflate step
+
+
+class DeviceLogs:
+    def __init__(self, keep: int = KEEP_PER_DEVICE) -> None:
+        self.keep = keep
+        self._lines: dict[str, deque[dict[str, Any]]] = {}
+        self._followers: dict[str, list[asyncio.Queue[dict[str, Any]]]] = {}
+
+    def append(self, uuid: str, entries: list[dict[str, Any]]) -> None:
+        self._lines.setdefault(uuid, deque(maxlen=self.keep)).extend(entries)
+        for queue in self._followers.get(uuid, ()):
+            for entry in entries:
+                if queue.full():
+                    break  # a slow follower loses lines; the stream never waits
+                queue.put_nowait(entry)
+
+    def recent(self, uuid: str, count: int | None = None) -> list[dict[str, Any]]:
+        lines = list(self._lines.get(uuid, ()))
+        return lines if count is None else lines[max(len(lines) - count, 0):]
+
+    @contextmanager
+    def subscribe(self, uuid: str) -> Any:
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(FOLLOW_QUEUE)
+        self._followers.setdefault(uuid, []).append(queue)
+        try:
+            yield queue
+        finally:
+            self._followers[uuid].remove(queue)
+
+
+def clean_entry(raw: object, names: Mapping[int, str]) -> dict[str, Any] | None:
+    """The fields a log line may carry, type-checked; None for anything else."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("message"), str):
+        return None
+    entry: dict[str, Any] = {"message": raw["message"][:MAX_MESSAGE]}
+    stamp = raw.get("timestamp")
+    if isinstance(stamp, int) and not isinstance(stamp, bool):
+        entry["timestamp"] = stamp
+    if raw.get("isSystem") is True:
+        entry["isSystem"] = True
+    elif isinstance(raw.get("serviceId"), int) and not isinstance(raw["serviceId"], bool):
+        entry["serviceId"] = raw["serviceId"]
+        if raw["serviceId"] in names:
+            entry["serviceName"] = names[raw["serviceId"]]
+    else:
+        return None  # a service line must say which service
+    if raw.get("isStdErr") is True:
+        entry["isStdErr"] = True
+    elif "serviceId" in entry:
+        entry["isStdErr"] = False
+    return entry
+
+
+async def ingest(body: AsyncIterator[bytes], *, gzipped: bool, names: Mapping[int, str],
+                 sink: Callable[[list[dict[str, Any]]], None]) -> int:
+    """Read a log stream to its end, handing each batch of clean lines to `sink`.
+    Returns how many lines were not usable (bad JSON or fields)."""
+    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS) if gzipped else None
+    pending = b""
+    rejected = 0
+
+    def lines_of(data: bytes) -> list[bytes]:
+        nonlocal pending
+        pending += data
+        *complete, pending = pending.split(b"\n")
+        if len(pending) > MAX_LINE:
+            raise BadRequest(f"a log line is longer than {MAX_LINE} bytes")
+        return complete
+
+    async for chunk in body:
+        texts: list[bytes] = []
+        if inflate is None:
+            texts = lines_of(chunk)
+        else:
+            data = chunk
+            while data:
+                try:
+                    out = inflate.decompress(data, _STEP)
+                except zlib.error as err:
+                    raise BadRequest(f"the log stream is not valid gzip: {err}") from err
+                texts.extend(lines_of(out))
+                data = inflate.unconsumed_tail
+        batch = []
+        for text in texts:
+            if not text.strip():
+                continue
+            try:
+                entry = clean_entry(json.loads(text), names)
+            except ValueError:
+                entry = None
+            if entry is None:
+                rejected += 1
+            else:
+                batch.append(entry)
+        if batch:
+            sink(batch)
+    return rejected
+
+
+def service_names(target: Mapping[str, Any]) -> dict[int, str]:
+    """serviceId -> name, from a device's v3 target (service ids are stable per fleet)."""
+    names: dict[int, str] = {}
+    for device in target.values():
+        for app in (device.get("apps") or {}).values():
+            for release in (app.get("releases") or {}).values():
+                for name, svc in (release.get("services") or {}).items():
+                    if isinstance(svc.get("id"), int):
+                        names[svc["id"]] = name
+    return names
+
+
+def render(entry: Mapping[str, Any]) -> str:
+    """One line for people: `<time> [<service>|Supervisor] <message>`."""
+    stamp = entry.get("timestamp")
+    when = datetime.datetime.fromtimestamp(stamp / 1000, datetime.UTC).strftime(
+        "%Y-%m-%d %H:%M:%S.%f")[:-3] if isinstance(stamp, int) else "-"
+    who = "Supervisor" if entry.get("isSystem") else \
+        entry.get("serviceName") or f"service {entry.get('serviceId')}"
+    return f"{when} [{who}] {entry.get('message', '')}"

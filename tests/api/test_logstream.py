@@ -1,0 +1,350 @@
+"""The cloud log stream against the real devcloud (a subprocess on 127.0.0.1): gzip NDJSON on
+one long-lived POST, device-key auth, truncation, filters, suppression, the idle close, and
+reconnecting with backoff while the devcloud is stopped and restarted. Every wait is for a
+condition; the stream's timings are shrunk (injected), never measured."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from supervisor.cloud.logstream import (
+    LogStream,
+    Timing,
+    backoff_delay,
+    passes_level,
+    truncate,
+    wire_object,
+)
+from supervisor.devcloud.cli import Client
+from supervisor.logs import LogMessage
+
+REPO = Path(__file__).resolve().parents[2]
+FAST = Timing(backoff_base=0.05, backoff_max=0.4, grace=0.05, idle=300.0,
+              flush_interval=0.1, io_timeout=10.0)
+WAIT_S = 60.0
+
+
+def wait_for(check: Callable[[], Any], what: str, timeout: float = WAIT_S) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Cloud:
+    data_dir: Path
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+    uuid: str = "feed" * 8
+    key: str = "k" * 32
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        log = (self.data_dir / "devcloud.log").open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "supervisor.devcloud", "--listen", f"127.0.0.1:{self.port}",
+             "--data-dir", str(self.data_dir)], stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, cwd=REPO)
+        log.close()
+        wait_for(self._answers, "the devcloud to answer")
+
+    def _answers(self) -> bool:
+        try:
+            return bool(self.client().call("GET", "/ping") == "OK")
+        except Exception:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(30)
+            self.proc = None
+
+    def client(self) -> Client:
+        return Client(self.url, (self.data_dir / "admin-token").read_text().strip())
+
+    def register(self) -> None:
+        """A fleet with a release naming service ids, and our device in it."""
+        client = self.client()
+        client.call("POST", "/admin/fleets", {"name": "logs"})
+        client.call("POST", "/admin/fleets/logs/releases", {"services": {
+            "main": {"image": "busybox"}, "quiet": {"image": "busybox"},
+            "errors": {"image": "busybox"}}})
+        key = client.call("POST", "/admin/fleets/logs/provisioning-keys")["key"]
+        Client(self.url, key).call("POST", "/device/register", {
+            "uuid": self.uuid, "api_key": self.key, "device_type": "generic"})
+
+    def service_ids(self) -> dict[str, int]:
+        target = self.client().call("GET", f"/admin/devices/{self.uuid}")["target"]
+        services = next(iter(next(iter(target[self.uuid]["apps"].values()))
+                             ["releases"].values()))["services"]
+        return {name: svc["id"] for name, svc in services.items()}
+
+    def logs(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.client().lines(f"/devices/{self.uuid}/logs")]
+
+    def messages(self) -> list[str]:
+        return [e["message"] for e in self.logs()]
+
+
+@pytest.fixture(scope="module")
+def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
+    found = Cloud(tmp_path_factory.mktemp("devcloud"), free_port())
+    found.start()
+    found.register()
+    yield found
+    found.stop()
+
+
+@pytest.fixture
+def stream(cloud: Cloud) -> Iterator[LogStream]:
+    made = LogStream(timing=FAST)
+    made.set_credentials(cloud.url, cloud.uuid, cloud.key)
+    made.start()
+    yield made
+    made.stop()
+
+
+def system(text: str, stderr: bool = False) -> LogMessage:
+    return LogMessage.system(text, is_stderr=stderr)
+
+
+def service(text: str, service_id: int | None, stderr: bool = False) -> LogMessage:
+    return LogMessage(message=text, timestamp=1_700_000_000_000, is_stderr=stderr,
+                      service_name="ignored", service_id=service_id, app_id=1, image_id=2)
+
+
+def marker(stream: LogStream, cloud: Cloud, text: str) -> list[dict[str, Any]]:
+    """Send a last line and wait for it: everything offered before has been handled."""
+    assert stream.offer(system(text))
+    wait_for(lambda: text in cloud.messages(), f"{text!r} in the devcloud")
+    return cloud.logs()
+
+
+# ---------------------------------------------------------------------------- pure parts
+
+def test_truncation_keeps_ten_thousand_characters() -> None:
+    assert truncate("x" * 10_000) == "x" * 10_000
+    cut = truncate("y" * 10_001)
+    assert len(cut) == 10_000 and cut == "y" * 9_995 + "[...]"
+
+
+def test_wire_objects_are_the_specs() -> None:
+    boot = LogMessage.system("boot", is_stderr=True, timestamp=1_700_000_000_001)
+    assert wire_object(boot) == {"message": "boot", "isSystem": True,
+                                 "timestamp": 1_700_000_000_001, "isStdErr": True}
+    up = LogMessage.system("up", timestamp=5)
+    assert wire_object(up) == {"message": "up", "isSystem": True, "timestamp": 5}
+    assert wire_object(service("hi", 7, stderr=True)) == {
+        "message": "hi", "isStdErr": True, "timestamp": 1_700_000_000_000, "serviceId": 7}
+    assert wire_object(service("lost", None)) is None
+
+
+@pytest.mark.parametrize(("level", "stdout", "stderr"), [
+    ("", True, True), ("info", True, True), ("none", False, False), ("NONE", False, False),
+    ("err", False, True), ("error", False, True)])
+def test_logs_level(level: str, stdout: bool, stderr: bool) -> None:
+    assert passes_level(level, False) is stdout
+    assert passes_level(level, True) is stderr
+
+
+def test_backoff_doubles_from_five_seconds_up_to_five_minutes() -> None:
+    assert [backoff_delay(n, Timing()) for n in range(8)] == [5, 10, 20, 40, 80, 160, 300, 300]
+    assert backoff_delay(10_000, Timing()) == 300
+
+
+def test_gates_drop_before_provisioning_in_local_mode_and_without_log_control() -> None:
+    stream = LogStream(timing=FAST)  # never started: only the gates are exercised
+    assert not stream.offer(system("not provisioned"))
+    stream.set_credentials("http://127.0.0.1:9", "u", None)
+    assert not stream.offer(system("no key yet"))
+    stream.set_credentials("http://127.0.0.1:9", "u", "k")
+    assert stream.offer(system("kept"))
+    stream.set_local_mode(True)
+    assert not stream.offer(system("local mode"))
+    stream.set_local_mode(False)
+    stream.set_log_control(False)
+    assert not stream.offer(system("log control off"))
+    stream.set_log_control(True)
+    assert not stream.offer(service("no service id", None))
+    assert stream.offer(service("with id", 3))
+    assert stream.pending == 2
+    stream.set_credentials(None, None, None)  # deprovisioned: what was kept goes too
+    assert stream.pending == 0
+    stream.stop()
+
+
+# ---------------------------------------------------------------------------- on the wire
+
+def test_lines_arrive_gzipped_on_one_open_stream(stream: LogStream, cloud: Cloud) -> None:
+    ids = cloud.service_ids()
+    assert stream.offer(service("hello out", ids["main"]))
+    assert stream.offer(service("hello err", ids["main"], stderr=True))
+    assert stream.offer(system("Supervisor starting"))
+    wait_for(lambda: "Supervisor starting" in cloud.messages(), "the lines")
+    got = {e["message"]: e for e in cloud.logs()}
+    assert got["hello out"] == {"message": "hello out", "timestamp": 1_700_000_000_000,
+                                "serviceId": ids["main"], "serviceName": "main",
+                                "isStdErr": False}
+    assert got["hello err"]["isStdErr"] is True
+    assert got["Supervisor starting"]["isSystem"] is True
+    # the lines were readable while the gzip stream is still open: sync flushes
+    assert stream.connected and stream.sessions == 1 and stream.failures_total == 0
+
+
+def test_truncation_and_filters_on_the_wire(cloud: Cloud) -> None:
+    ids = cloud.service_ids()
+    levels = {ids["quiet"]: "none", ids["errors"]: "err"}
+    stream = LogStream(timing=FAST, logs_level=lambda sid: levels.get(sid, ""))
+    stream.set_credentials(cloud.url, cloud.uuid, cloud.key)
+    stream.start()
+    try:
+        stream.offer_many([
+            service("z" * 12_000, ids["main"]),
+            service("quiet out", ids["quiet"]), service("quiet err", ids["quiet"], True),
+            service("errors out", ids["errors"]), service("errors err", ids["errors"], True),
+            service("anonymous", None),
+        ])
+        logs = marker(stream, cloud, "filters done")
+    finally:
+        stream.stop()
+    messages = [e["message"] for e in logs]
+    assert "z" * 9_995 + "[...]" in messages
+    assert "errors err" in messages
+    for dropped in ("quiet out", "quiet err", "errors out", "anonymous"):
+        assert dropped not in messages
+
+
+def test_refused_key_keeps_the_lines_until_a_good_one(cloud: Cloud) -> None:
+    stream = LogStream(timing=FAST)
+    stream.set_credentials(cloud.url, cloud.uuid, "wrong" * 6)
+    stream.start()
+    try:
+        stream.offer(system("kept through a 401"))
+        wait_for(lambda: stream.failures_total >= 2, "the devcloud to refuse twice")
+        assert stream.pending == 1  # nothing flowed into a refused stream
+        stream.set_credentials(cloud.url, cloud.uuid, cloud.key)
+        wait_for(lambda: "kept through a 401" in cloud.messages(), "the line")
+    finally:
+        stream.stop()
+
+
+def test_idle_stream_is_closed_and_reopened(cloud: Cloud) -> None:
+    stream = LogStream(timing=Timing(backoff_base=0.05, backoff_max=0.4, grace=0.05,
+                                     idle=0.3, flush_interval=0.1, io_timeout=10.0))
+    stream.set_credentials(cloud.url, cloud.uuid, cloud.key)
+    stream.start()
+    try:
+        stream.offer(system("before idle"))
+        wait_for(lambda: "before idle" in cloud.messages(), "the first line")
+        wait_for(lambda: not stream.connected, "the idle close")
+        stream.offer(system("after idle"))
+        wait_for(lambda: "after idle" in cloud.messages(), "the second line")
+        assert stream.sessions == 2 and stream.failures_total == 0
+    finally:
+        stream.stop()
+
+
+def test_reconnect_after_the_devcloud_restarts_with_suppression(
+        cloud: Cloud, tmp_path: Path) -> None:
+    own = Cloud(tmp_path, free_port())
+    own.start()
+    own.register()
+    stream = LogStream(timing=FAST, max_pending=20 * 100)  # about 20 short lines
+    stream.set_credentials(own.url, own.uuid, own.key)
+    stream.start()
+    try:
+        marker(stream, own, "before the outage")
+        own.stop()
+        wait_for(lambda: not stream.connected, "the stream to notice")
+        offered = [system(f"during outage {i}") for i in range(60)]
+        kept = stream.offer_many(offered)
+        assert 0 < kept < 60
+        wait_for(lambda: stream.failures_total >= 3, "failed reconnects")
+        own.start()
+        logs = wait_for(lambda: [e for e in own.logs()
+                                 if e["message"].startswith("Warning: Suppressed")] and own.logs(),
+                        "the lines kept during the outage")
+    finally:
+        stream.stop()
+        own.stop()
+    messages = [e["message"] for e in logs]
+    assert messages[:kept] == [f"during outage {i}" for i in range(kept)]
+    warning = logs[kept]
+    assert warning["message"] == f"Warning: Suppressed {60 - kept} message(s) due to high load"
+    assert warning["isSystem"] is True and warning["isStdErr"] is True
+
+
+# ---------------------------------------------------------------------------- the CLI
+
+def test_devcloud_logs_command_prints_and_follows(stream: LogStream, cloud: Cloud) -> None:
+    marker(stream, cloud, "for the cli")
+    base = [sys.executable, "-m", "supervisor.devcloud", "--listen", f"127.0.0.1:{cloud.port}",
+            "--data-dir", str(cloud.data_dir), "logs", cloud.uuid]
+    out = subprocess.run([*base, "--count", "1"], capture_output=True, text=True, cwd=REPO,
+                         timeout=60, check=True).stdout
+    assert out.endswith("[Supervisor] for the cli\n")
+    follow = subprocess.Popen([*base, "--follow", "--count", "0", "--json"], cwd=REPO,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        seen: list[str] = []
+        reader = threading.Thread(target=lambda: seen.extend(
+            line for line in follow.stdout or () if "followed line" in line), daemon=True)
+        reader.start()
+        wait_for(lambda: stream.offer(system("followed line")) and seen, "the followed line")
+        assert json.loads(seen[0])["message"] == "followed line"
+    finally:
+        follow.terminate()
+        follow.wait(30)
+
+
+def test_offer_never_waits_for_a_stalled_server() -> None:
+    """A server that accepts and never reads: the sender blocks in the kernel's send, and
+    `offer` still returns at once (dropping and counting what does not fit)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    accepted: list[socket.socket] = []
+    threading.Thread(target=lambda: accepted.append(server.accept()[0]), daemon=True).start()
+    stream = LogStream(timing=Timing(backoff_base=0.05, backoff_max=0.4, grace=0.05,
+                                     idle=300.0, flush_interval=0.01, io_timeout=2.0))
+    stream.set_credentials(f"http://127.0.0.1:{server.getsockname()[1]}", "u", "k")
+    stream.start()
+    try:
+        stream.offer(system("first"))
+        wait_for(lambda: stream.connected and stream.pending == 0, "the first line to be sent")
+        chunk = "x" * 9_000  # incompressible enough: random-free but long lines fill buffers
+        offered = 0
+        while stream.total_dropped == 0:
+            stream.offer(system(f"{offered} {chunk}{offered}"))
+            offered += 1
+        assert stream.total_dropped >= 1  # the buffer filled while the sender was stuck
+    finally:
+        stream.stop()
+        for sock in accepted:
+            sock.close()
+        server.close()
