@@ -220,6 +220,9 @@ ensure_packages() {
 	command -v dockerd >/dev/null && command -v docker >/dev/null || need+=(docker.io)
 	command -v docker-registry >/dev/null || need+=(docker-registry)
 	busybox_static >/dev/null || need+=(busybox-static)
+	# The firewall tests load rules inside network namespaces (tests/integration/netnskit.py).
+	command -v iptables-restore >/dev/null || need+=(iptables)
+	command -v ip >/dev/null || need+=(iproute2)
 	((${#need[@]})) || return 0
 	[[ $(id -u) == 0 ]] || die "missing ${need[*]} and not root: install them with apt-get"
 	log "installing ${need[*]} (apt-get)"

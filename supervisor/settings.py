@@ -24,6 +24,8 @@ from supervisor.errors import ConfigError
 
 HostActions = Literal["systemd", "dry-run", "auto"]
 HOST_ACTIONS: tuple[HostActions, ...] = ("systemd", "dry-run", "auto")
+FirewallSetting = Literal["apply", "dry-run", "auto"]
+FIREWALL: tuple[FirewallSetting, ...] = ("apply", "dry-run", "auto")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 DB_FILENAME = "database.sqlite"
 DEFAULT_STATUS_ADDRESS = "127.0.0.1:48484"
@@ -65,6 +67,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("host_actions", "--host-actions", "SUPERVISOR_HOST_ACTIONS", "auto",
            "reboot/shutdown backend: systemd, dry-run, or auto (systemd where logind answers, "
            "else dry-run)", "BACKEND"),
+    Option("firewall", "--firewall", "SUPERVISOR_FIREWALL", "auto",
+           "firewall rules: apply, dry-run (log the ruleset only), or auto (apply when "
+           "iptables-restore exists and we are root)", "MODE"),
     Option("local_target", "--local-target", "SUPERVISOR_LOCAL_TARGET", "none",
            "target state file applied at start (local mode)", "FILE"),
     Option("blink_seconds", "--blink-seconds", "SUPERVISOR_BLINK_SECONDS", "15",
@@ -93,6 +98,7 @@ class Settings:
     board: str
     led_file: Path | None  # None: use the board profile's LED
     host_actions: HostActions  # "auto" is probed by the host package, not here
+    firewall: FirewallSetting  # "auto" is decided by host/firewall.py, not here
     local_target: Path | None
     blink_seconds: float
     log_level: str
@@ -133,6 +139,7 @@ def load_settings(
     poll = src.get("poll_interval")
     poll_ms = _positive_int(poll) if poll else None
     host_actions = _host_actions(src.get("host_actions"))
+    firewall = _firewall(src.get("firewall"))
     blink_seconds = _blink_seconds(src.get("blink_seconds"))
     log_level = _log_level(src.get("log_level"))
 
@@ -158,6 +165,7 @@ def load_settings(
         board=board_name or "generic",
         led_file=_path(src.get("led_file")),
         host_actions=host_actions,
+        firewall=firewall,
         local_target=_path(src.get("local_target")),
         blink_seconds=blink_seconds,
         log_level=log_level,
@@ -247,6 +255,19 @@ def _host_actions(found: tuple[str, str] | None) -> HostActions:
             f"(expected one of {', '.join(HOST_ACTIONS)})"
         )
     return cast(HostActions, lowered)
+
+
+def _firewall(found: tuple[str, str] | None) -> FirewallSetting:
+    if found is None:
+        return "auto"
+    value, source = found
+    lowered = value.strip().lower()
+    if lowered not in FIREWALL:
+        raise ConfigError(
+            f"{source}: unknown firewall setting {value!r} "
+            f"(expected one of {', '.join(FIREWALL)})"
+        )
+    return cast(FirewallSetting, lowered)
 
 
 def _blink_seconds(found: tuple[str, str] | None) -> float:

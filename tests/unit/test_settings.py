@@ -46,6 +46,7 @@ def test_device_defaults(boot: Path) -> None:
     assert s.board == "generic"
     assert s.led_file is None
     assert s.host_actions == "auto"
+    assert s.firewall == "auto"
     assert s.local_target is None
     assert s.blink_seconds == 15.0
     assert s.log_level == "info"
@@ -83,6 +84,7 @@ PRECEDENCE = [
     ("board", "flagboard", "envboard", "board", "flagboard", "envboard"),
     ("led_file", "/f/led", "/e/led", "led_file", Path("/f/led"), Path("/e/led")),
     ("host_actions", "systemd", "dry-run", "host_actions", "systemd", "dry-run"),
+    ("firewall", "apply", "DRY-RUN", "firewall", "apply", "dry-run"),
     ("local_target", "/f/t.json", "/e/t.json", "local_target", Path("/f/t.json"),
      Path("/e/t.json")),
     ("blink_seconds", "0.5", "2", "blink_seconds", 0.5, 2.0),
@@ -201,6 +203,7 @@ def test_a_uuid_is_added_to_an_existing_config(boot: Path) -> None:
         ("listen", "host:70000", "is not HOST:PORT"),
         ("listen", "::1:80", "IPv6"),
         ("host_actions", "upstart", "unknown host actions backend"),
+        ("firewall", "on", "unknown firewall setting"),
         ("blink_seconds", "soon", "not a number"),
         ("blink_seconds", "-1", "positive"),
         ("log_level", "loud", "unknown log level"),
