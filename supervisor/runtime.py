@@ -286,7 +286,8 @@ class Runtime:
         managed = {r.name: r.docker_image_id for r in await self.store.images()
                    if r.docker_image_id}
         self.commits = await self.store.current_commits()
-        boot = datetime.fromtimestamp(self._boot_time, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        # to the microsecond: a dry-run reboot can fall in the second its container was made
+        boot = datetime.fromtimestamp(self._boot_time, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         return PlanContext(
             device=self.device_context(),
             image_ids=image_ids,
@@ -414,11 +415,14 @@ class Runtime:
             for app_id in taken:
                 await self.locks.release(app_id, owner="reboot")
 
-    def _simulated_reboot(self) -> None:
+    async def _simulated_reboot(self) -> None:
         """A dry-run reboot: behave as a device that just booted. The boot time moves (what
-        waited for a reboot proceeds), the containers stopped for it start again as Docker's
-        restart policy would at boot, and the loop resumes."""
-        self._boot_time = time.time()
+        waited for a reboot proceeds; the breadcrumb is cleared as a reboot would), the
+        containers stopped for it start again as Docker's restart policy would at boot, and
+        the loop resumes."""
+        boot = time.time()
+        await asyncio.to_thread(self.breadcrumb.rebooted, boot)
+        self._boot_time = boot
         stopped, self.stopped_for_power = self.stopped_for_power, []
         self._spawn(self._boot(stopped))
 
@@ -519,7 +523,7 @@ class _SimulatedReboot:
 
     async def reboot(self) -> None:
         await self._inner.reboot()
-        self._rebooted()
+        await self._rebooted()
 
     def __getattr__(self, attr: str) -> Any:
         return getattr(self._inner, attr)

@@ -4,6 +4,9 @@
 `io.balena.update.requires-reboot`); the reconciler appends a reboot step once the plan is
 otherwise empty and `is_required()` holds. Only an mtime newer than the current boot counts,
 so a breadcrumb left from before the last reboot is stale (the state dir survives reboots).
+A dry-run reboot (`rebooted()`) clears it, as a real reboot empties upstream's /tmp, and
+returns only once the file clock (the kernel's coarse clock) has passed the new boot time:
+one reboot satisfies one requirement whatever the clocks' resolutions.
 The HUP rollback breadcrumbs are written by the OS while a host OS update settles; reboot and
 shutdown are refused (423) while they exist unless forced.
 """
@@ -11,9 +14,11 @@ shutdown are refused (423) while they exist unless forced.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 REBOOT_BREADCRUMB = "reboot-after-apply"
+CLOCK_PROBE = ".reboot-clock-probe"
 ROLLBACK_BREADCRUMBS = ("rollback-health-breadcrumb", "rollback-altboot-breadcrumb")
 
 
@@ -36,6 +41,28 @@ class RebootBreadcrumb:
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
+
+    def rebooted(self, boot_time: float, limit: float = 5.0) -> None:
+        """A (simulated) reboot at `boot_time` (epoch seconds, `time.time()`): clear the
+        breadcrumb, then wait until a file touched now gets an mtime after `boot_time`.
+
+        File times come from the kernel's coarse clock, which lags `time.time()` by up to a
+        tick (and other filesystems round to seconds): without the wait a breadcrumb set just
+        after the boot could look older than it and the requirement would be lost. Blocking.
+        """
+        self.clear()
+        probe = self.path.with_name(CLOCK_PROBE)
+        probe.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + limit
+        try:
+            while True:
+                probe.touch()
+                os.utime(probe)
+                if probe.stat().st_mtime > boot_time or time.monotonic() > deadline:
+                    return
+                time.sleep(0.001)
+        finally:
+            probe.unlink(missing_ok=True)
 
 
 def host_os_update_in_progress(state_dir: Path | str) -> bool:

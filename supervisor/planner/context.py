@@ -28,7 +28,8 @@ class PlanContext:
     force: bool = False
     keep_images: bool = False
     keep_volumes: bool = False
-    # reboot breadcrumb set, and the boot time as Docker's ISO timestamps (for requires-reboot)
+    # reboot breadcrumb set, and the boot time as an ISO timestamp like Docker's (UTC, to the
+    # microsecond) for requires-reboot
     reboot_required: bool = False
     boot_time: str = ""
     # (app_id, service_name) pairs whose new container signalled handover-complete

@@ -199,5 +199,20 @@ def _userland_proxy_race(cur: ContainerInfo) -> bool:
 
 
 def _created_this_boot(cur: ContainerInfo, ctx: PlanContext) -> bool:
-    """Both are UTC ISO-8601 strings; without a known boot time assume it is recent."""
-    return not ctx.boot_time or cur.created[:19] >= ctx.boot_time[:19]
+    """Both are UTC ISO-8601 strings, compared to the finest digit each has (a container
+    made just before a dry-run reboot shares its second); without a known boot time assume
+    it is recent."""
+    return not ctx.boot_time or iso_instant(cur.created) >= iso_instant(ctx.boot_time)
+
+
+def iso_instant(stamp: str) -> tuple[str, int]:
+    """`2024-06-01T00:00:00.5Z` -> ("2024-06-01T00:00:00", 500000000): the second and the
+    nanoseconds after it, so that stamps of different precision order correctly."""
+    second, rest = stamp[:19], stamp[19:]
+    digits = ""
+    if rest.startswith("."):
+        for ch in rest[1:10]:
+            if ch not in "0123456789":
+                break
+            digits += ch
+    return second, int(digits.ljust(9, "0"))

@@ -81,8 +81,10 @@ class SupervisorProc:
             time.sleep(0.1)
         raise AssertionError(f"supervisor did not answer /ping:\n{self.log()}")
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-6000:]
+    def log(self, tail: int | None = 6000) -> str:
+        """The process's output: its end (what a failure message shows), or all of it."""
+        text = self.log_path.read_text(errors="replace")
+        return text if tail is None else text[-tail:]
 
     def status(self) -> dict[str, Any]:
         return dict(self.client.get("/v2/state/status").json())

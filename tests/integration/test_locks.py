@@ -16,6 +16,7 @@ from typing import Any
 import docker
 import pytest
 
+from supervisor.store import Store
 from tests.integration.dockerkit import push_random_image
 from tests.integration.supervisor_proc import SupervisorProc, local_target
 
@@ -239,16 +240,25 @@ def test_requires_reboot_starts_only_after_the_reboot(
     proc.wait_for(lambda: containers(docker_client)
                   and containers(docker_client)[0].status == "running",
                   what="started after the (dry-run) reboot", timeout=60)
+    proc.wait_for(lambda: proc.status()["appState"] == "applied", what="applied")
     # the log is written by a listener thread: wait for the line rather than race it
-    log = proc.wait_for(lambda: "Started service 'a_" in (text := proc.log()) and text,
+    log = proc.wait_for(lambda: "Started service 'a_" in (text := proc.log(tail=None)) and text,
                         what="the start in the log", timeout=10)
     scheduled = log.index("Reboot has been scheduled to apply changes")
     rebooted = log.index("Rebooting")
     started = log.index("Started service 'a_")
     assert scheduled < rebooted < started
-    assert (tmp_path / "sup0" / "state" / "reboot-after-apply").exists()
     installed = log.index("Installed service 'a_")
     assert installed < scheduled
+    # exactly one reboot for the one requirement: in the log and in the host actions
+    lines = log.splitlines()
+    assert sum(line.endswith(": Rebooting") for line in lines) == 1, log
+    assert sum('Reboot has been scheduled to apply changes: {"serviceName":"a"}' in line
+               for line in lines) == 1, log
+    with Store(tmp_path / "sup0" / "data" / "database.sqlite") as store:
+        assert [a.action for a in store.host_actions()] == ["reboot"]
+    # the reboot met the requirement: the breadcrumb is gone (a reboot empties /tmp)
+    assert not (tmp_path / "sup0" / "state" / "reboot-after-apply").exists()
 
 
 def test_override_lock_config_ignores_user_lock(

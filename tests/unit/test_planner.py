@@ -653,6 +653,25 @@ def test_requires_reboot_creates_requires_a_reboot_then_starts() -> None:
     assert one(Start, plan(current, target, rebooted)).container_id == fw.id
 
 
+def test_requires_reboot_is_met_by_a_reboot_in_the_same_second() -> None:
+    # a dry-run reboot comes milliseconds after the container was made: the second is the
+    # same, the container still predates the boot, so it starts (no second reboot)
+    target = make_target(apps=[make_app(1, [make_service("fw", labels=REBOOT)])])
+    ctx = locked(converged(target))
+    bare = make_current(images=target_images(target), networks=network_infos(target, 1))
+    fw = make_container(target, 1, "fw", ctx, state="created",
+                        created="2024-06-01T10:00:00.123456789Z")
+    current = replace(bare, containers=(fw,))
+    rebooted = replace(ctx, boot_time="2024-06-01T10:00:00.123457Z")
+    assert one(Start, plan(current, target, rebooted)).container_id == fw.id
+    # made after that boot (same second, later digits): it waits for the next reboot
+    before = replace(ctx, boot_time="2024-06-01T10:00:00.1234Z")
+    assert plan(current, target, before) == (RequireReboot(app_id=1, service_name="fw"),)
+    # a boot time without fractions is the start of its second
+    assert plan(current, target, replace(ctx, boot_time="2024-06-01T10:00:00")) == \
+        (RequireReboot(app_id=1, service_name="fw"),)
+
+
 def test_requires_reboot_chain_needs_one_reboot() -> None:
     target = make_target(apps=[make_app(1, [
         make_service("a", labels=REBOOT), make_service("b", labels=REBOOT, depends_on=["a"])])])

@@ -175,6 +175,24 @@ def test_breadcrumb_from_before_the_boot_is_stale(tmp_path: Path) -> None:
     assert not crumb.is_required(time.time() + 60)  # as seen after a later reboot
 
 
+def test_a_dry_run_reboot_satisfies_the_breadcrumb_and_a_new_one_counts(tmp_path: Path) -> None:
+    crumb = RebootBreadcrumb(tmp_path)
+    crumb.set()
+    boot = time.time()  # the reboot comes right after: same coarse-clock tick, same second
+    crumb.rebooted(boot)
+    assert not crumb.is_required(boot)
+    assert not crumb.path.exists() and list(tmp_path.iterdir()) == []  # no probe left
+    # a requirement made at once after the boot is newer than it, whatever the tick: the
+    # reboot returns only once the file clock has passed the boot time (here a boot time a
+    # little ahead stands in for a coarse file clock lagging behind time.time())
+    crumb.set()
+    assert crumb.is_required(boot)
+    ahead = time.time() + 0.05
+    crumb.rebooted(ahead)
+    crumb.set()
+    assert crumb.is_required(ahead)
+
+
 def test_breadcrumb_clear(tmp_path: Path) -> None:
     crumb = RebootBreadcrumb(tmp_path)
     crumb.set()
