@@ -31,8 +31,11 @@ def containers(client: docker.DockerClient, service: str = "a") -> list[Any]:
 
 
 def running_image(client: docker.DockerClient, image: str, service: str = "a") -> bool:
-    found = containers(client, service)
-    return len(found) == 1 and found[0].status == "running" and image in found[0].image.tags
+    try:
+        found = containers(client, service)
+        return len(found) == 1 and found[0].status == "running" and image in found[0].image.tags
+    except docker.errors.NotFound:
+        return False  # a container listed went away before we inspected it
 
 
 @pytest.fixture
@@ -52,8 +55,17 @@ def service(image: str, strategy: str | None = None, **extra: Any) -> dict[str, 
     return {"image": image, "command": extra.pop("command", SLEEP), "labels": labels, **extra}
 
 
-def events(client: docker.DockerClient, since: int) -> list[dict[str, Any]]:
-    return list(client.api.events(since=since, until=int(time.time()) + 1, decode=True))
+def docker_stamp(ns: int) -> str:
+    """A time as the events API takes it, to the nanosecond (`<seconds>.<nanoseconds>`)."""
+    return f"{ns // 10**9}.{ns % 10**9:09d}"
+
+
+def events(client: docker.DockerClient, since_ns: int) -> list[dict[str, Any]]:
+    """The engine's events from `since_ns` until now (same host, same clock). The engine
+    records an event before it answers the call that caused it, so every event of what we
+    waited for is in; `until` in the past makes the call return at once."""
+    return list(client.api.events(since=docker_stamp(since_ns),
+                                  until=docker_stamp(time.time_ns()), decode=True))
 
 
 def first(evts: list[dict[str, Any]], kind: str, action: str, match: Any) -> int:
@@ -72,12 +84,13 @@ def update_and_order(sup: Any, client: docker.DockerClient, images: tuple[str, s
     proc.wait_for(lambda: proc.status()["appState"] == "applied", what="v1 applied")
     old = containers(client)[0]
     old_image = old.image.id
-    since = int(time.time()) - 1
+    # from now on, to the nanosecond: the fixture's own pushes and removals of these images
+    # happened just before and must stay out of the window
+    since = time.time_ns()
     proc.post_target(local_target({"a": service(img2, strategy, **extra)}, commit="c0ffee02",
                                   release_id=2))
     proc.wait_for(lambda: running_image(client, img2), what="v2 running", timeout=120)
     proc.wait_for(lambda: proc.status()["appState"] == "applied", what="v2 applied")
-    time.sleep(1)
     evts = events(client, since)
     order = {
         "pull": first(evts, "image", "pull", lambda e: e["id"] == img2),
