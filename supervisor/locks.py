@@ -29,6 +29,7 @@ _LOGGER = logging.getLogger(__name__)
 LOCK_NAMES = ("updates.lock", "resin-updates.lock")
 SUPERVISOR_UID = 65534
 HANDOVER_FILES = ("handover-complete", "resin-kill-me")
+CONTAINER_LOCK_DIR = "/tmp/balena"  # the lock dir's mount point in every service container
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,9 +112,9 @@ class LockDir:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
+            # upstream's text, to the byte: clients and dashboards match on it (locks.md §5)
             raise UpdatesLocked(
-                f"Updates are locked: lock file {path} is held for app {app_id}, "
-                f"service {service}",
+                f"Lockfile exists for {{ appId: {app_id}, service: {service} }}",
                 app_id=app_id, service=service, path=str(path),
             ) from None
         try:
@@ -142,6 +143,12 @@ class LockDir:
     def clear_handover(self, app_id: int, service: str) -> None:
         for name in HANDOVER_FILES:
             unlink(self.service_dir(app_id, service) / name)
+
+
+def container_path(path: str) -> str:
+    """Where a service sees a lock file (`/tmp/balena/<name>`): what API responses show, never
+    the host path of the locks dir."""
+    return f"{CONTAINER_LOCK_DIR}/{Path(path).name}" if path else ""
 
 
 def unlink(path: Path) -> None:

@@ -37,7 +37,7 @@ from supervisor.executor import Executor, ExecutorHooks
 from supervisor.host.actions import HostActions, choose_host_actions
 from supervisor.host.breadcrumb import RebootBreadcrumb
 from supervisor.lifecycle import Key, Lifecycles, phase_from_container
-from supervisor.locks import UpdateLocks
+from supervisor.locks import UpdateLocks, container_path
 from supervisor.logs import LogHub
 from supervisor.model.current import (
     Current,
@@ -142,7 +142,7 @@ class Runtime:
         if state is not None and state.last_error_locked is not None:
             err = state.last_error_locked
             lock_block = LockBlock(app_id=err.app_id or 0, service_name=err.service or "",
-                                   path=err.path or "",
+                                   path=container_path(err.path or ""),
                                    since=state.locked_since or time.time())
         old = self._snapshot
         self._snapshot = Snapshot(

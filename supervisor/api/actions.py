@@ -23,6 +23,7 @@ from supervisor.device_actions import DeviceActions
 from supervisor.errors import NotFound
 from supervisor.exclusive import ActionGate
 from supervisor.journal import open_journal
+from supervisor.locks import container_path
 from supervisor.model.current import Snapshot
 from supervisor.model.target import parse_local_target
 from supervisor.volume_cleanup import cleanup_volumes
@@ -75,7 +76,8 @@ class RuntimeApi:
 
     async def locks(self) -> list[dict[str, Any]]:
         return [
-            {"appId": lk.app_id, "serviceName": lk.service_name, "path": lk.path,
+            {"appId": lk.app_id, "serviceName": lk.service_name,
+             "path": container_path(lk.path),  # as the service sees it, not the host path
              "owner": lk.owner, "since": lk.since}
             for lk in await self._rt.locks.all_locks()  # a directory walk: off the event loop
         ]

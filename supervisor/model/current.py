@@ -196,7 +196,7 @@ class LockBlock:
 
     app_id: int
     service_name: str
-    path: str
+    path: str  # as the service sees it (/tmp/balena/<name>): API responses show it
     since: float
 
 

@@ -168,10 +168,12 @@ def test_user_lock_blocks_kill_until_released(
     logs = proc.log()
     assert "Updates are locked" in logs
     blocked = proc.status()["blockedBy"]
-    assert blocked["serviceName"] == "a" and blocked["path"].endswith("updates.lock")
-    locks = proc.client.get("/v2/locks").json()
-    assert any(lk["owner"] == "user" and lk["serviceName"] == "a" for lk in
-               (locks["locks"] if isinstance(locks, dict) else locks))
+    # the lock file as the service sees it, never the host path of the locks dir
+    assert blocked["appId"] == 1 and blocked["serviceName"] == "a"
+    assert blocked["path"] == "/tmp/balena/updates.lock"
+    locks = proc.client.get("/v2/locks").json()["locks"]
+    assert [(lk["owner"], lk["serviceName"], lk["path"]) for lk in locks] == \
+        [("user", "a", "/tmp/balena/updates.lock")]
     released = time.monotonic()
     lock.unlink()
     proc.wait_for(lambda: [c for c in containers(docker_client) if c.id != old.id

@@ -367,7 +367,7 @@ def test_reboot_takes_every_apps_locks_and_releases_them(tmp_path: Path) -> None
         (lock.parent.parent / "web").mkdir()
         with pytest.raises(UpdatesLocked) as refused:
             await dev.actions.reboot(False)
-        assert str(lock) in str(refused.value) and "5" in str(refused.value)
+        assert str(refused.value) == "Lockfile exists for { appId: 5, service: db }"
         assert dev.host_calls == []
         # all or nothing: no supervisor lock was left in the other service's dir
         assert sorted(p.name for p in lock.parent.parent.rglob("*.lock")) == ["updates.lock"]
@@ -426,8 +426,9 @@ def test_host_config_patch_and_get(tmp_path: Path) -> None:
         assert str(bad.value).startswith("Could not parse host config input to a valid format:")
 
         lock = user_lock(dev, 1, "main")
-        with pytest.raises(UpdatesLocked):
+        with pytest.raises(UpdatesLocked) as refused:
             await dev.actions.patch_host_config({"network": {"hostname": "locked"}}, False)
+        assert str(refused.value) == "Lockfile exists for { appId: 1, service: main }"
         assert json.loads(settings.config_path.read_text())["hostname"] == "newname"
         # `force` at the top level of the body counts too
         await dev.actions.patch_host_config({"network": {"hostname": "forced"}, "force": True},
