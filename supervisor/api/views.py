@@ -302,12 +302,13 @@ def _image_entries(snapshot: Snapshot, apps: Apps) -> list[dict[str, Any]]:
         inflight = progress.get(svc.image)
         if inflight is not None:
             status, pct = inflight.status, inflight.progress
-        elif svc.download_progress is not None or svc.status == "Downloading":
-            status, pct = "Downloading", svc.download_progress
         elif docker_id is not None:
             status, pct = "Downloaded", None
         else:
-            continue  # not on the engine and not being fetched: not an image yet
+            # not on the engine and no fetch running (api.md §4.12: images come from the
+            # engine and from running tasks): under kill-then-download the old container
+            # still runs, and nothing is downloading yet
+            continue
         out.append(_omit_none({
             "name": svc.image, "appId": svc.app_id, "serviceName": svc.service_name,
             "imageId": svc.image_id, "dockerImageId": docker_id, "status": status,

@@ -119,6 +119,37 @@ def test_delete_then_download_order(sup: Any, docker_client: Any, two_images: An
     assert o["old_killed"] < o["old_image_removed"] < o["pull"] < o["new_started"], o
 
 
+@pytest.mark.parametrize("strategy", ["kill-then-download", "delete-then-download"])
+def test_kill_first_reports_no_download_while_the_old_container_exists(
+    sup: Any, docker_client: Any, two_images: Any, strategy: str
+) -> None:
+    # the old container ignores SIGTERM: its kill takes the 3 s grace period, a window that
+    # /v2/state/status is sampled in
+    img1, img2 = two_images
+    slow = ["sh", "-c", "trap '' TERM; while true; do sleep 1; done"]
+    proc = sup(local_target({"a": service(img1, strategy, command=slow,
+                                          stop_grace_period="3s")}))
+    proc.wait_for(lambda: running_image(docker_client, img1), what="v1 running", timeout=90)
+    proc.wait_for(lambda: proc.status()["appState"] == "applied", what="v1 applied")
+    old = containers(docker_client)[0]
+    proc.post_target(local_target({"a": service(img2, strategy, command=slow,
+                                                stop_grace_period="3s")},
+                                  commit="c0ffee02", release_id=2))
+    samples = 0
+    deadline = time.monotonic() + 120
+    while not running_image(docker_client, img2):
+        assert time.monotonic() < deadline, "v2 never ran"
+        body = proc.status()
+        try:
+            docker_client.api.inspect_container(old.id)  # after the status: it existed then
+        except docker.errors.NotFound:
+            continue
+        samples += 1
+        assert not [i for i in body["images"] if i["name"] == img2], body
+        assert body["overallDownloadProgress"] is None, body
+    assert samples > 0, "the old container was never seen beside a status"
+
+
 def test_hand_over_waits_for_the_file(sup: Any, docker_client: Any, two_images: Any) -> None:
     # the new container signals completion after 3 s; the timeout (60 s) is far away
     cmd = ["sh", "-c", "sleep 3; touch /tmp/balena/handover-complete; "
