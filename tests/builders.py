@@ -389,6 +389,8 @@ class ModelEngine:
     keep_volumes: bool = False
     clock: int = 0
     reboots: int = 0
+    # container id -> the target service it was created for (compare_oracle judges them)
+    origins: dict[str, TargetService] = field(default_factory=dict)
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:  # hypothesis's printer
         printer.text(repr(self))
@@ -541,6 +543,7 @@ class ModelEngine:
             if vol.startswith(prefix) and vol not in vols:
                 raise ModelError(f"{spec.name}: volume {vol} does not exist")
         self._set_containers((*self.current.containers, info))
+        self.origins[info.id] = service_of(self.target, spec.app_id, spec.service_name)
 
     def _updateMetadata(self, step: Any) -> None:
         c = self._container(step.container_id)

@@ -2,16 +2,14 @@
 
 The planner and the executor call `container_spec`, `network_spec` and `volume_spec` to get
 Docker Engine API bodies plus a `config_hash`; comparing hashes tells the planner whether a
-container must be recreated. Container names are built and parsed back here too. Pure: no
-Docker, no files, no clock.
+container must be recreated (model/confighash.py: engine.md §4.6's comparison rules).
+Container names are built and parsed back here too. Pure: no Docker, no files, no clock.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -25,6 +23,11 @@ from supervisor.model.compose import (
     VolumeConfig,
     VolumeMount,
     normalize_labels,
+)
+from supervisor.model.confighash import (
+    container_config_hash,
+    legacy_container_config_hash,
+    stable_hash,
 )
 
 if TYPE_CHECKING:
@@ -92,6 +95,14 @@ class ContainerSpec:
     service_name: str
     depends_on: tuple[str, ...]
     network_service: str | None = None
+    # the hash earlier releases put on containers (order-sensitive), computed when first
+    # asked: still accepted, so upgrading the supervisor recreates nothing
+    legacy_config_hash: Callable[[], str] = field(default=lambda: "", compare=False, repr=False)
+
+    def config_matches(self, config_hash: str | None) -> bool:
+        """True when a container labelled `config_hash` runs this spec's config (§4.6)."""
+        return config_hash is not None and (
+            config_hash == self.config_hash or config_hash == self.legacy_config_hash())
 
 
 _TRUTHY = {"1", "true", "on"}
@@ -164,7 +175,8 @@ def container_spec(app: TargetApp, svc: TargetService, dev: DeviceContext, *, im
     if anonymous:
         body["Volumes"] = anonymous
 
-    config_hash = _hash({"body": body, "extra_networks": net.extra})
+    config_hash = container_config_hash(body, net.extra)
+    legacy_hash = legacy_container_config_hash(body, net.extra)
     body["Labels"][HASH_LABEL] = config_hash
     body["Image"] = image_ref
     if dev.device_name and "\n" in dev.device_name:
@@ -180,12 +192,8 @@ def container_spec(app: TargetApp, svc: TargetService, dev: DeviceContext, *, im
         body=body, extra_networks=net.extra, config_hash=config_hash, app_id=app.app_id,
         app_uuid=app.uuid, service_name=svc.name, depends_on=depends_on,
         network_service=net.service if container_ids is None else None,
+        legacy_config_hash=legacy_hash,
     )
-
-
-def _hash(data: object) -> str:
-    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _supervisor_labels(app: TargetApp, svc: TargetService) -> dict[str, str]:
@@ -470,12 +478,12 @@ class VolumeSpec:
 
 
 def network_config_hash(cfg: NetworkConfig) -> str:
-    return _hash(cfg.to_compose())
+    return stable_hash(cfg.to_compose())
 
 
 def volume_config_hash(cfg: VolumeConfig) -> str:
     """Labels the supervisor adds itself are never part of a volume's config (§7.5)."""
-    return _hash(cfg.to_compose())
+    return stable_hash(cfg.to_compose())
 
 
 def network_spec(app: TargetApp, name: str, cfg: NetworkConfig) -> NetworkSpec:

@@ -91,7 +91,7 @@ def same_config(cur: ContainerInfo, spec: ContainerSpec, image_id: str | None) -
     `network_mode: service:<x>` is outside the hash (it names a container id): the container
     must be joined to the container currently kept for <x>, so it is recreated with it.
     """
-    if cur.config_hash != spec.config_hash or image_id is None or cur.image != image_id:
+    if not spec.config_matches(cur.config_hash) or image_id is None or cur.image != image_id:
         return False
     if spec.network_service is not None:
         return False  # <x> has no container: whatever this one joined is gone
