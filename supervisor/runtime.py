@@ -470,16 +470,12 @@ class Runtime:
         await self.start()
         from supervisor.api.actions import RuntimeApi
         from supervisor.api.app import build_app
+        from supervisor.api.server import server_config
         from supervisor.api.streams import stream_endpoints
 
         api = RuntimeApi(self)
         app = build_app(api, extra=stream_endpoints(api))
-        config = uvicorn.Config(
-            app, host=self.settings.listen_host, port=self.settings.listen_port,
-            log_level="warning", access_log=False, lifespan="off",
-            timeout_graceful_shutdown=1,
-        )
-        server = _Server(config)
+        server = _Server(server_config(app, self.settings.listen_host, self.settings.listen_port))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)

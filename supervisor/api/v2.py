@@ -165,8 +165,11 @@ async def cleanup_volumes(r: ApiRequest) -> Response:
     return views.json({"status": "success"})
 
 
-def _opt_str(value: object) -> str | None:
+def _opt_str(r: ApiRequest, name: str) -> str | None:
+    value = r.field(name)
     if isinstance(value, str):
+        if "\0" in value:  # no argv entry can hold it: a client error, not a failed exec
+            raise BadRequest(f"Invalid {name}: must not contain a NUL character")
         return value
     if isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)
@@ -178,11 +181,11 @@ def journal_params(r: ApiRequest) -> JournalParams:
         all=check_truthy(r.field("all")),
         follow=check_truthy(r.field("follow")),
         count=check_int(r.field("count"), positive=True),
-        unit=_opt_str(r.field("unit")),
-        container_id=_opt_str(r.field("containerId")),
-        format=_opt_str(r.field("format")) or "short",
-        since=_opt_str(r.field("since")),
-        until=_opt_str(r.field("until")),
+        unit=_opt_str(r, "unit"),
+        container_id=_opt_str(r, "containerId"),
+        format=_opt_str(r, "format") or "short",
+        since=_opt_str(r, "since"),
+        until=_opt_str(r, "until"),
     )
 
 

@@ -32,7 +32,7 @@ _CONFIG_NAME_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_:]*")
 _DOCKER_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
 # printable ASCII except space, double quote, single quote and backtick
 _LABEL_NAME_RE = re.compile(r"[\x21\x23-\x26\x28-\x5f\x61-\x7e]+")
-_DIGITS_RE = re.compile(r"\s*(\d+)\s*")
+_DIGITS_RE = re.compile(r"\s*(\d+)\s*", re.ASCII)  # ASCII: int() takes any Unicode digit
 # service keys of the local format that are not compose keys (everything else is composition)
 _LOCAL_SERVICE_KEYS = frozenset(
     {"serviceName", "imageId", "image", "environment", "labels", "running", "contract"})
