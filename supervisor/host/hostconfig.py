@@ -9,6 +9,7 @@ through a callback. It returns the host units to restart, which the caller passe
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -36,8 +37,12 @@ _BASE_BLOCK: tuple[tuple[str, object], ...] = (
     ("redirector", "iptables"),
 )
 _LOCAL_ONLY = ("local_ip", "local_port")  # ours to set; never taken from input or file
-_ADDRESS = re.compile(r"^([^\s:]+):([0-9]{1,5})$")
-_DIGITS = re.compile(r"^[0-9]+$")
+_ADDRESS = re.compile(r"([^\s:]+):([0-9]{1,5})")
+_DIGITS = re.compile(r"[0-9]+")
+_DNS_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+# Characters with a meaning in redsocks.conf (and in our reading of it): never in a value.
+_CONF_SPECIAL = frozenset('"\\{};')
+MAX_AUTH_LENGTH = 255
 
 # io-ts names, so the 400 text reads like upstream's (api.md §3.12).
 _NETWORK_TYPE = ("Partial<{| proxy: ({ [K in string]: any } & Partial<{ dns: "
@@ -98,9 +103,44 @@ def dns_address(dns: object) -> tuple[str, int] | None:
     """`true` -> 8.8.8.8:53, "ip:port" -> that, anything else (false, absent) -> None."""
     if dns is True:
         dns = DEFAULT_DNS
-    if isinstance(dns, str) and (m := _ADDRESS.match(dns)) and int(m.group(2)) <= 65535:
+    if isinstance(dns, str) and (m := _ADDRESS.fullmatch(dns)) and int(m.group(2)) <= 65535 \
+            and is_host(m.group(1)):
         return m.group(1), int(m.group(2))
     return None
+
+
+def is_dns_name(value: str) -> bool:
+    """An RFC 1123 host name: dot-separated labels of letters, digits and inner hyphens."""
+    name = value[:-1] if value.endswith(".") else value
+    return 0 < len(name) <= 253 and all(_DNS_LABEL.fullmatch(label)
+                                        for label in name.split("."))
+
+
+def is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def is_host(value: str) -> bool:
+    """An IP address or a DNS name: what redsocks and no_proxy can use, and nothing that
+    could end a line or a block of a config file."""
+    return value.isascii() and (is_ip(value) or is_dns_name(value))
+
+
+def is_no_proxy_entry(value: str) -> bool:
+    """An IP address, a CIDR range, or a domain (a leading dot: its subdomains)."""
+    if not value.isascii():
+        return False
+    if "/" in value:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            return False
+        return True
+    return is_ip(value) or is_dns_name(value.removeprefix("."))
 
 
 def parse_redsocks(text: str) -> dict[str, Any]:
@@ -152,7 +192,7 @@ def _parse_block(raw: str, skip: tuple[str, ...] = _LOCAL_ONLY) -> dict[str, str
 def _numeric_id(value: object) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool):
         return value if value >= 0 else None
-    if isinstance(value, str) and _DIGITS.match(value):
+    if isinstance(value, str) and _DIGITS.fullmatch(value):
         return int(value)
     return None
 
@@ -277,6 +317,65 @@ def _strict_errors(network: dict[str, Any]) -> list[str]:
     return errors
 
 
+def _field_errors(network: dict[str, Any]) -> list[str]:
+    """What upstream does not check: values that would not stay inside their line."""
+    errors = []
+    hostname = network.get("hostname")
+    if isinstance(hostname, str) and hostname and not (hostname.isascii()
+                                                       and is_dns_name(hostname)):
+        errors.append(f"Expecting an RFC 1123 host name at network.hostname but instead "
+                      f"got: {_js(hostname)}")
+    proxy = network.get("proxy")
+    if not isinstance(proxy, dict):
+        return errors
+    at = "network.proxy."
+    if "type" in proxy and proxy["type"] not in PROXY_TYPES:
+        errors.append(f"{_TYPE_UNION}\nat {at}type but instead got: {_js(proxy['type'])}")
+    if "ip" in proxy and not (isinstance(proxy["ip"], str) and is_host(proxy["ip"])):
+        errors.append(f"Expecting an IP address or a DNS name at {at}ip but instead got: "
+                      f"{_js(proxy['ip'])}")
+    if "port" in proxy and not 0 < (_numeric_id(proxy["port"]) or 0) <= 65535:
+        errors.append(f"Expecting a port number (1-65535) at {at}port but instead got: "
+                      f"{_js(proxy['port'])}")
+    for key in AUTH_FIELDS:
+        if key in proxy and (problem := _auth_problem(proxy[key])):
+            # the value itself is not echoed: it may be a password
+            errors.append(f"Expecting a string of at most {MAX_AUTH_LENGTH} printable "
+                          f"characters without \" \\ {{ }} ; at {at}{key} but instead got: "
+                          f"{problem}")
+    no_proxy = proxy.get("noProxy")
+    if isinstance(no_proxy, list):
+        for i, entry in enumerate(no_proxy):
+            if not (isinstance(entry, str) and is_no_proxy_entry(entry)):
+                errors.append(f"Expecting an IP address, a CIDR range or a domain at "
+                              f"{at}noProxy.{i} but instead got: {_js(entry)}")
+    elif no_proxy:
+        errors.append(f"Expecting Array<string> at {at}noProxy but instead got: "
+                      f"{_js(no_proxy)}")
+    return errors
+
+
+def _auth_problem(value: object) -> str | None:
+    """Why a login/password cannot go into redsocks.conf (None: it can)."""
+    if not isinstance(value, str):
+        return _js_type(value)
+    if len(value) > MAX_AUTH_LENGTH:
+        return f"{len(value)} characters"
+    if not value.isprintable() or any(c in _CONF_SPECIAL for c in value):
+        return "a string with a control or special character"
+    return None
+
+
+def _js_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return "an array" if isinstance(value, list) else "an object"
+
+
 def validate_patch(body: object) -> HostConfigPatch:
     """Check a PATCH body; BadRequest carries upstream's 400 text naming the bad field."""
     network = body.get("network", _UNDEFINED) if isinstance(body, dict) else _UNDEFINED
@@ -287,6 +386,11 @@ def validate_patch(body: object) -> HostConfigPatch:
         _LOGGER.warning("Malformed host config detected, things may not behave as "
                         "expected:\n%s", "\n".join(strict))
     errors = _lenient_errors(network)
+    if not errors and isinstance(network, dict):
+        # Upstream writes these values into root-owned host files as they come: a newline
+        # or a brace in one of them adds lines (or whole blocks) to redsocks.conf, no_proxy
+        # or the hostname. Every field present must be what its type means.
+        errors = _field_errors(network)
     if errors or not isinstance(network, dict):
         raise BadRequest("Could not parse host config input to a valid format:\n"
                          + "\n".join(errors))

@@ -226,9 +226,9 @@ def test_validate_full_body() -> None:
 
 def test_validate_lenient_proxy_is_accepted_with_warning(
         caplog: pytest.LogCaptureFixture) -> None:
-    result = validate_patch({"network": {"proxy": {"type": "socks6", "ip": 123,
-                                                   "port": "abc", "noProxy": True}}})
-    assert result.proxy == {"type": "socks6", "ip": 123, "port": "abc"}
+    # a partial proxy is merged into the current one: accepted, with upstream's warning
+    result = validate_patch({"network": {"proxy": {"ip": "p.example", "noProxy": False}}})
+    assert result.proxy == {"ip": "p.example"}
     assert result.no_proxy == ()
     assert "Malformed host config detected" in caplog.text
     assert "network.proxy.0.0.type" in caplog.text
@@ -327,7 +327,9 @@ def test_apply_unchanged_no_proxy_alone_removes_proxy(boot: Path) -> None:
 
 
 def test_apply_invalid_merge_keeps_the_old_proxy(boot: Path) -> None:
-    patch(boot, {"network": {"proxy": {"type": "socks6", "port": "abc"}}})
+    # validate_patch refuses such a patch now; apply_patch still never writes one
+    apply_patch(boot, HostConfigPatch(proxy={"type": "socks6", "port": "abc"}), UUID,
+                lambda _name: None)
     assert conf_text(boot) == DEFAULT_FILE
 
 
