@@ -231,12 +231,16 @@ class LogStream:
             self._wake_w.send(b"\0")
 
     def _drain_wake(self) -> None:
-        self._wake_sent = False
+        # drain first, then allow the next wake-up: the other order lets a wake-up sent in
+        # between be drained with the flag still set, and every later one is then skipped
+        # (the sender sleeps on lines it never hears of). What arrives between the two is
+        # not lost: every caller looks at the queue after draining.
         try:
             while self._wake_r.recv(4096, socket.MSG_DONTWAIT):
                 pass
         except (BlockingIOError, OSError):
             pass
+        self._wake_sent = False
 
     def _clear(self) -> None:
         self._pending.clear()
@@ -304,7 +308,10 @@ class LogStream:
             assert sock is not None
             deadline = self._clock() + self.timing.grace
             while (left := deadline - self._clock()) > 0:  # no data before the grace ends
-                if self._wait(sock, left) or self._stopping.is_set():
+                # a wake-up is new lines (keep waiting: they go out after the grace), a stop
+                # or new credentials (end this session)
+                if self._wait(sock, left) and (self._stopping.is_set()
+                                               or self._creds != creds):
                     return
             self._failures = 0
             self._stream(sock, creds)
