@@ -27,6 +27,7 @@ import uvicorn
 from supervisor import COMPAT_VERSION, system
 from supervisor.board.led import Led, make_led
 from supervisor.board.profiles import BoardProfile, configs_dir, load_board
+from supervisor.cloud.registry_auth import image_auth_hook
 from supervisor.cloud.sync import CloudSync
 from supervisor.engine.docker import DockerEngine
 from supervisor.engine.logs import LogFollowers
@@ -371,7 +372,9 @@ class Runtime:
         executor = Executor(
             engine=self.engine, store=self.store, lifecycles=self.lifecycles, locks=self.locks,
             hooks=ExecutorHooks(progress=self._progress, log=self.log,
-                                require_reboot=self._require_reboot),
+                                require_reboot=self._require_reboot,
+                                image_auth=image_auth_hook(lambda: (
+                                    s.config_json.uuid, s.config_json.current_api_key))),
         )
         self.reconciler = Reconciler(
             observe=self._observe, target=lambda: self.target, context=self.plan_context,
