@@ -186,7 +186,7 @@ def _proxy(client: Client, args: argparse.Namespace) -> Any:
 
 
 def _logs(client: Client, args: argparse.Namespace) -> None:
-    from supervisor.devcloud.logs import render
+    from supervisor.devcloud.managed import render
 
     query = {"follow": "1"} if args.follow else {}
     if args.count is not None:

@@ -8,7 +8,8 @@ Device-facing (what the agent's `supervisor/cloud` calls; state.md §4-§8):
   GET   /device/v3/<uuid>/state              the target, with ETag / If-None-Match -> 304
   PATCH /device/v3/state                     state report (merged; api_secret kept)
   PATCH /device/v3/tags, GET /v7/device_tag  device tags
-  POST  /device/v2/<uuid>/log-stream         gzip NDJSON logs (see logs.py)
+  POST  /device/v2/<uuid>/log-stream         gzip NDJSON logs (see managed.py)
+  GET   /auth/v1/token?service=&scope=       a registry token (basic auth d_<uuid>:<device key>)
 Proxy (admin token): POST /supervisor/<path>  (see proxy.py)
 Admin (admin token): /admin/fleets..., /admin/devices..., and GET /devices/<uuid>/logs
 (NDJSON; `?follow=1` streams new lines, `?count=N`); every change
@@ -22,16 +23,15 @@ import hmac
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from supervisor.devcloud import logs as devlogs
-from supervisor.devcloud import proxy
+from supervisor.devcloud import managed, proxy
 from supervisor.devcloud.db import Db, Kind, Scope
 from supervisor.errors import BadRequest, Forbidden, NotFound, SupervisorError, Unauthorized
 
@@ -48,7 +48,7 @@ class DevCloud:
     def __init__(self, db: Db, token: str) -> None:
         self.db = db
         self.token = token
-        self.logs = devlogs.DeviceLogs()
+        self.logs = managed.DeviceLogs()
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- auth ---------------------------------------------------------------------------------
@@ -205,19 +205,6 @@ async def device_tags(request: Request) -> Response:
     return JSONResponse({"d": await cloud.db.run(cloud.db.tags, device["id"])})
 
 
-async def log_stream(request: Request) -> Response:
-    cloud: DevCloud = request.app.state.cloud
-    device = await cloud.device_of(request, request.path_params["uuid"])
-    target, _ = await cloud.db.run(cloud.db.target, device["uuid"])
-    gzipped = request.headers.get("content-encoding", "").lower() == "gzip"
-    rejected = await devlogs.ingest(
-        request.stream(), gzipped=gzipped, names=devlogs.service_names(target),
-        sink=lambda batch: cloud.logs.append(device["uuid"], batch))
-    if rejected:
-        _LOGGER.info("log stream of %s: %d unusable line(s) skipped", device["uuid"], rejected)
-    return PlainTextResponse("OK")
-
-
 # ---------------------------------------------------------------------------- the API proxy
 
 
@@ -335,25 +322,6 @@ async def device_logs(request: Request) -> Response:
     return JSONResponse(cloud.logs.recent(request.path_params["uuid"]))
 
 
-async def device_logs_ndjson(request: Request) -> Response:
-    """GET /devices/<uuid>/logs[?count=N][&follow=1]: NDJSON, one log line per line."""
-    cloud: DevCloud = request.app.state.cloud
-    cloud.require_admin(request)
-    uuid = (await cloud.db.run(cloud.db.device, request.path_params["uuid"]))["uuid"]
-    raw_count = request.query_params.get("count")
-    count = None if raw_count is None else _int(raw_count, "count")
-    follow = request.query_params.get("follow", "") in ("1", "true")
-
-    async def lines() -> AsyncIterator[bytes]:
-        with cloud.logs.subscribe(uuid) as queue:
-            for entry in cloud.logs.recent(uuid, count):
-                yield json.dumps(entry).encode() + b"\n"
-            while follow:
-                yield json.dumps(await queue.get()).encode() + b"\n"
-
-    return StreamingResponse(lines(), media_type="application/x-ndjson")
-
-
 async def variable(request: Request) -> Response:
     """PUT (body {"value"}) or DELETE /admin/<fleets|devices>/<ref>/<env|config>/<NAME>."""
     cloud: DevCloud = request.app.state.cloud
@@ -442,7 +410,8 @@ def build_app(cloud: DevCloud) -> Starlette:
         Route("/device/v3/state", report_state, methods=["PATCH"]),
         Route("/device/v3/tags", report_tags, methods=["PATCH"]),
         Route("/v7/device_tag", device_tags, methods=["GET"]),
-        Route("/device/v2/{uuid}/log-stream", log_stream, methods=["POST"]),
+        Route("/device/v2/{uuid}/log-stream", managed.log_stream, methods=["POST"]),
+        Route("/auth/v1/token", managed.registry_token, methods=["GET"]),
         Route("/supervisor/{path:path}", supervisor_proxy, methods=["POST"]),
         Route("/admin/fleets", fleets, methods=["GET", "POST"]),
         Route("/admin/fleets/{fleet}", fleet, methods=["GET", "PATCH"]),
@@ -451,7 +420,7 @@ def build_app(cloud: DevCloud) -> Starlette:
         Route("/admin/devices", devices, methods=["GET"]),
         Route("/admin/devices/{uuid}", device, methods=["GET", "PATCH"]),
         Route("/admin/devices/{uuid}/logs", device_logs, methods=["GET"]),
-        Route("/devices/{uuid}/logs", device_logs_ndjson, methods=["GET"]),
+        Route("/devices/{uuid}/logs", managed.device_logs, methods=["GET"]),
         Route("/admin/{scope:str}/{ref}/{kind:str}/{name}", variable, methods=["PUT", "DELETE"]),
     ]
     app = Starlette(routes=routes, exception_handlers={SupervisorError: _error})

@@ -1,6 +1,10 @@
-"""Device logs in the devcloud: ingest the log stream, keep recent lines, feed followers.
+"""The devcloud's side of the managed-device features: device logs and registry tokens.
 
-`POST /device/v2/<uuid>/log-stream` (server.py) hands its body to `ingest()`: gzip (or plain)
+Routes (registered in server.py): `POST /device/v2/<uuid>/log-stream` (device key),
+`GET /devices/<uuid>/logs` (admin token; NDJSON, `?count=N`, `?follow=1`), and
+`GET /auth/v1/token` (basic auth `d_<uuid>` : device key; state.md §12).
+
+The log stream's body goes to `ingest()`: gzip (or plain)
 NDJSON, read as it arrives, decompressed in bounded steps (a line longer than `MAX_LINE` bytes,
 or a stream that would inflate past it, is refused), each line checked and reduced to the
 fields of config.md §10.1, plus `serviceName` when the device's target names the serviceId.
@@ -12,15 +16,24 @@ too slowly loses lines rather than slowing the device's stream.
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
 import json
+import logging
+import re
+import secrets
 import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from supervisor.errors import BadRequest
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+
+from supervisor.errors import BadRequest, Unauthorized
+
+_LOGGER = logging.getLogger(__name__)
 
 KEEP_PER_DEVICE = 10_000
 MAX_LINE = 256 * 1024  # bytes; the device truncates messages at 10 000 characters
@@ -146,3 +159,62 @@ def render(entry: Mapping[str, Any]) -> str:
     who = "Supervisor" if entry.get("isSystem") else \
         entry.get("serviceName") or f"service {entry.get('serviceId')}"
     return f"{when} [{who}] {entry.get('message', '')}"
+
+
+# ---------------------------------------------------------------------------- routes
+
+async def log_stream(request: Request) -> Response:
+    cloud: Any = request.app.state.cloud  # server.DevCloud (not imported: server imports us)
+    device = await cloud.device_of(request, request.path_params["uuid"])
+    target, _ = await cloud.db.run(cloud.db.target, device["uuid"])
+    gzipped = request.headers.get("content-encoding", "").lower() == "gzip"
+    rejected = await ingest(
+        request.stream(), gzipped=gzipped, names=service_names(target),
+        sink=lambda batch: cloud.logs.append(device["uuid"], batch))
+    if rejected:
+        _LOGGER.info("log stream of %s: %d unusable line(s) skipped", device["uuid"], rejected)
+    return PlainTextResponse("OK")
+
+
+async def device_logs(request: Request) -> Response:
+    """GET /devices/<uuid>/logs[?count=N][&follow=1]: NDJSON, one log line per line."""
+    cloud: Any = request.app.state.cloud
+    cloud.require_admin(request)
+    uuid = (await cloud.db.run(cloud.db.device, request.path_params["uuid"]))["uuid"]
+    raw_count = request.query_params.get("count")
+    if raw_count is not None and not (raw_count.isascii() and raw_count.isdigit()):
+        raise BadRequest("count must be a number")
+    count = None if raw_count is None else int(raw_count)
+    follow = request.query_params.get("follow", "") in ("1", "true")
+    store: DeviceLogs = cloud.logs
+
+    async def lines() -> AsyncIterator[bytes]:
+        with store.subscribe(uuid) as queue:
+            for entry in store.recent(uuid, count):
+                yield json.dumps(entry).encode() + b"\n"
+            while follow:
+                yield json.dumps(await queue.get()).encode() + b"\n"
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
+_SCOPE = re.compile(r"repository:[^:\s]+:pull")
+
+
+async def registry_token(request: Request) -> Response:
+    """A registry token for delta downloads (state.md §12); any well-formed ask gets one."""
+    cloud: Any = request.app.state.cloud
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    try:
+        user, _, key = base64.b64decode(value, validate=True).decode().partition(":")
+    except (ValueError, UnicodeDecodeError):
+        user, key = "", ""
+    device = await cloud.db.run(cloud.db.device_by_key, key) \
+        if scheme.lower() == "basic" and key else None
+    if device is None or user != f"d_{device['uuid']}":
+        raise Unauthorized("basic auth d_<uuid>:<device key> required")
+    scopes = request.query_params.getlist("scope")
+    if not request.query_params.get("service") or not scopes \
+            or not all(_SCOPE.fullmatch(s) for s in scopes):
+        raise BadRequest("service and scope=repository:<name>:pull are required")
+    return JSONResponse({"token": secrets.token_hex(16)})

@@ -1,0 +1,57 @@
+"""Registry tokens for deltas (state.md §12) from the real devcloud on 127.0.0.1: basic auth
+`d_<uuid>` : device key, the service and both scopes in the query, 10 minutes of cache (the
+clock is injected: time is moved, never waited for)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from supervisor.cloud.http import CloudClient, CloudError
+from supervisor.cloud.registry_auth import RegistryTokens
+from tests.api.devcloud_proc import Cloud, free_port
+
+SRC = "registry2.example.com/v2/aaaa@sha256:1111"
+DEST = "registry2.example.com/v2/bbbb:latest"
+
+
+@pytest.fixture(scope="module")
+def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
+    found = Cloud(tmp_path_factory.mktemp("devcloud"), free_port())
+    found.start()
+    found.register()
+    yield found
+    found.stop()
+
+
+def tokens(cloud: Cloud, key: str, now: list[float]) -> RegistryTokens:
+    client = CloudClient(cloud.url, api_key=lambda: "unused", user_agent="test")
+    return RegistryTokens(client, lambda: (cloud.uuid, key), clock=lambda: now[0])
+
+
+def test_token_is_fetched_then_cached_for_ten_minutes(cloud: Cloud) -> None:
+    now = [1000.0]
+    source = tokens(cloud, cloud.key, now)
+
+    async def run() -> list[str]:
+        first = await source.token(SRC, DEST)
+        now[0] += 599.0
+        second = await source.token(SRC, DEST)
+        other = await source.token(SRC, "registry2.example.com/v2/cccc:1")
+        now[0] += 2.0
+        third = await source.token(SRC, DEST)
+        return [first, second, other, third]
+
+    first, second, other, third = asyncio.run(run())
+    assert len(first) == 32
+    assert second == first  # cached: the devcloud hands out a new token for every request
+    assert other != first  # another image pair is another token
+    assert third != first  # 10 minutes later: asked again
+
+
+def test_wrong_key_is_refused(cloud: Cloud) -> None:
+    with pytest.raises(CloudError) as caught:
+        asyncio.run(tokens(cloud, "wrong", [0.0]).token(SRC, DEST))
+    assert caught.value.status == 401
