@@ -44,6 +44,7 @@ class LoopState:
     apply_started: float = 0.0
     last_success: float = 0.0
     observe_failing_since: float | None = None  # monotonic; the engine did not answer
+    locked_at: float | None = None  # monotonic; the last round a user lock held back
     held: str | None = None  # why applying is paused (failure budget), until a new target
 
 
@@ -209,6 +210,7 @@ class Reconciler:
         self.state.last_error = str(err)
         if isinstance(cause, UpdatesLocked):
             self.state.last_error_locked = cause
+            self.state.locked_at = time.monotonic()
             if self.state.locked_since is None:
                 self.state.locked_since = time.time()
             self._log(f"Updates are locked, retrying in {_pretty(delay)}. Reason: {cause}")

@@ -35,6 +35,7 @@ from supervisor.engine.runner import AsyncEngine
 from supervisor.errors import ConfigError, SupervisorError, TargetInvalid
 from supervisor.events import EventBus
 from supervisor.executor import Executor, ExecutorHooks
+from supervisor.health import FetchTimer
 from supervisor.host.actions import HostActions, choose_host_actions
 from supervisor.host.breadcrumb import RebootBreadcrumb
 from supervisor.lifecycle import Key, Lifecycles, phase_from_container
@@ -92,6 +93,7 @@ class Runtime:
         self.reconciler: Reconciler
         self.started_at = time.monotonic()
         self._pulling: set[str] = set()
+        self.fetches = FetchTimer()  # pull time, which the health check does not count
         self.cloud: CloudSync | None = None
         self._device: DeviceView
         self._refresh: asyncio.Future[None] | None = None
@@ -338,6 +340,7 @@ class Runtime:
         else:
             self._pulling.discard(step.image)
             self.downloads.pop(step.image, None)
+        self.fetches.set_active(bool(self._pulling))
         self.publish()
 
     async def _require_reboot(self) -> None:

@@ -11,7 +11,6 @@ api/context.py); `RuntimeApi` is the `ApiContext` the routes read. Container wor
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +21,7 @@ from supervisor.app_actions import AppActions
 from supervisor.device_actions import DeviceActions
 from supervisor.errors import NotFound
 from supervisor.exclusive import ActionGate
+from supervisor.health import runtime_health
 from supervisor.journal import open_journal
 from supervisor.locks import container_path
 from supervisor.model.current import Snapshot
@@ -141,24 +141,7 @@ class RuntimeActions:
         await self.device.patch_host_config(body, force)
 
     async def health(self) -> tuple[bool, str]:
-        """config.md §9, with our fixes: a lock wait never fails the check (the loop is
-        alive, retrying); a dead loop or an engine gone for two minutes does."""
-        rt = self._rt
-        task = getattr(rt, "reconciler_task", None)
-        if task is not None and task.done():
-            return False, "the reconciliation loop has stopped"
-        state = rt.reconciler.state
-        now = time.monotonic()
-        if state.observe_failing_since is not None and now - state.observe_failing_since > 120:
-            return False, "the container engine has not answered for 2 minutes"
-        if state.applying and not rt.downloading and state.last_error_locked is None:
-            stuck = now - state.heartbeat
-            limit = 2 * rt.settings.poll_interval_ms / 1000
-            if stuck > limit:
-                return False, f"reconciler stuck for {stuck:.0f} s"
-        if rt.cloud is not None:
-            return rt.cloud.healthy()
-        return True, ""
+        return runtime_health(self._rt).check()
 
     async def set_local_target(self, body: object, force: bool) -> None:
         rt = self._rt
