@@ -160,7 +160,10 @@ def test_truncation_and_filters_on_the_wire(cloud: Cloud) -> None:
 
 
 def test_refused_key_keeps_the_lines_until_a_good_one(cloud: Cloud) -> None:
-    stream = LogStream(timing=FAST)
+    # A grace long enough for the 401 to come back on a loaded machine: with a grace shorter
+    # than the answer, data would flow into the refused stream (by design, as upstream's).
+    stream = LogStream(timing=Timing(backoff_base=0.05, backoff_max=0.4, grace=3.0,
+                                     idle=300.0, flush_interval=0.1, io_timeout=10.0))
     stream.set_credentials(cloud.url, cloud.uuid, "wrong" * 6)
     stream.start()
     try:
