@@ -18,12 +18,14 @@ due to high load` (system, stderr) once there is room again.
 
 Inputs the wiring sets: `set_credentials` (nothing is kept until the device is provisioned),
 `set_local_mode` (local mode: the local backend takes over at once), `set_log_control`
-(SUPERVISOR_LOG_CONTROL off drops everything), and `logs_level` (serviceId -> that service's
-BALENA_LOGS_LEVEL: `none` drops its lines, `err`/`error` keeps stderr only).
+(SUPERVISOR_LOG_CONTROL off drops everything), `logs_level` (serviceId -> that service's
+BALENA_LOGS_LEVEL: `none` drops its lines, `err`/`error` keeps stderr only), and for HTTPS
+`ssl_context` (`tls_context(balenaRootCA)` trusts a backend's own CA).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.client
 import json
@@ -39,6 +41,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from supervisor.errors import ConfigError
 from supervisor.logs import LogMessage, now_ms
 
 _LOGGER = logging.getLogger(__name__)
@@ -106,6 +109,18 @@ def backoff_delay(failures: int, timing: Timing) -> float:
 def suppressed_message(count: int) -> LogMessage:
     return LogMessage.system(f"Warning: Suppressed {count} message(s) due to high load",
                              is_stderr=True, timestamp=now_ms())
+
+
+def tls_context(root_ca_b64: str | None = None) -> ssl.SSLContext:
+    """The system's CAs, plus config.json `balenaRootCA` (base64 of a PEM bundle) when set:
+    an openBalena or development backend signed by its own CA."""
+    context = ssl.create_default_context()
+    if root_ca_b64:
+        try:
+            context.load_verify_locations(cadata=base64.b64decode(root_ca_b64).decode("ascii"))
+        except (ValueError, UnicodeDecodeError, ssl.SSLError) as err:
+            raise ConfigError(f"balenaRootCA is not a base64 PEM bundle: {err}") from err
+    return context
 
 
 def chunk(data: bytes) -> bytes:
@@ -319,15 +334,23 @@ class LogStream:
             self.connected = False
             conn.close()
 
-    def _wait(self, sock: socket.socket, timeout: float | None) -> bool:
-        """Wait for the server or a wake-up; raise if the server spoke or closed."""
-        readable, _, _ = select.select([sock, self._wake_r], [], [], timeout)
-        if sock in readable:
-            raise _Failure(f"the server answered or closed: {_peek(sock)!r}")
-        if self._wake_r in readable:
-            self._drain_wake()
-            return True
-        return False
+    def _wait(self, sock: socket.socket, timeout: float) -> bool:
+        """Wait up to `timeout` for a wake-up (True) or the end of the timeout (False); raise
+        if the server spoke or closed. A readable TLS socket may only hold TLS records of
+        its own (a TLS 1.3 session ticket): that is not an answer, keep waiting."""
+        deadline = self._clock() + timeout
+        while True:
+            left = max(deadline - self._clock(), 0.0)
+            readable, _, _ = select.select([sock, self._wake_r], [], [], left)
+            if sock in readable:
+                said = _server_said(sock)
+                if said is not None:
+                    raise _Failure(f"the server answered or closed: {said!r}")
+            if self._wake_r in readable:
+                self._drain_wake()
+                return True
+            if not readable or left <= 0:
+                return False
 
     def _stream(self, sock: socket.socket, creds: Credentials) -> None:
         gz = zlib.compressobj(wbits=31)  # gzip framing
@@ -357,9 +380,18 @@ class LogStream:
             self._wait(sock, max(min(waits), 0.0))
 
 
-def _peek(sock: socket.socket) -> bytes:
+def _server_said(sock: socket.socket) -> bytes | None:
+    """What a readable socket holds: the first line of an answer, b"" when closed, None when
+    there was nothing for the application (TLS records only)."""
+    timeout = sock.gettimeout()
+    sock.setblocking(False)
     try:
-        sock.settimeout(1.0)
-        return sock.recv(200).split(b"\r\n", 1)[0]
+        data = sock.recv(200)
+    except (ssl.SSLWantReadError, BlockingIOError):
+        return None
     except OSError as err:
         return str(err).encode()
+    finally:
+        with contextlib.suppress(OSError):
+            sock.settimeout(timeout)
+    return data.split(b"\r\n", 1)[0] if data else b"(closed)"
