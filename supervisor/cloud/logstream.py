@@ -291,10 +291,15 @@ class LogStream:
             try:
                 self._session(creds)
             except (_Failure, OSError, http.client.HTTPException, ssl.SSLError) as err:
-                self._failures += 1
-                self.failures_total += 1
-                _LOGGER.warning("log stream to the cloud failed (%d in a row): %s",
-                                self._failures, err)
+                self._failed(err)
+            except Exception as err:  # a bad endpoint or a bug: never stop streaming for good
+                _LOGGER.exception("log stream: unexpected error")
+                self._failed(err)
+
+    def _failed(self, err: BaseException) -> None:
+        self._failures += 1
+        self.failures_total += 1
+        _LOGGER.warning("log stream to the cloud failed (%d in a row): %s", self._failures, err)
 
     def _connect(self, creds: Credentials) -> http.client.HTTPConnection:
         url = urlsplit(creds.endpoint)

@@ -176,6 +176,19 @@ def test_refused_key_keeps_the_lines_until_a_good_one(cloud: Cloud) -> None:
         stream.stop()
 
 
+def test_a_broken_endpoint_does_not_end_streaming(cloud: Cloud) -> None:
+    stream = LogStream(timing=FAST)
+    stream.set_credentials("http://[::1", cloud.uuid, cloud.key)  # urlsplit raises
+    stream.start()
+    try:
+        stream.offer(system("after a broken endpoint"))
+        wait_for(lambda: stream.failures_total >= 2, "failed attempts")
+        stream.set_credentials(cloud.url, cloud.uuid, cloud.key)
+        wait_for(lambda: "after a broken endpoint" in cloud.messages(), "the line")
+    finally:
+        stream.stop()
+
+
 def test_idle_stream_is_closed_and_reopened(cloud: Cloud) -> None:
     stream = LogStream(timing=Timing(backoff_base=0.05, backoff_max=0.4, grace=0.05,
                                      idle=0.3, flush_interval=0.1, io_timeout=10.0))
