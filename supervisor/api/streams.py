@@ -9,23 +9,30 @@ route; `/v2/events` also filters app events to the caller's scope.
 
 Two ways to mount them: `stream_routes(ctx)` (Starlette routes) or `stream_endpoints(ctx)`
 (for `build_app(ctx, extra=...)`, which adds error mapping and OpenAPI docs).
+
+Every long-lived stream (these two, and `POST /v2/journal-logs` in api/v2.py, which runs a
+journalctl) holds a `StreamSlot` of the app's `StreamSlots` for as long as its response runs:
+at most STREAMS_PER_KEY per API key (beyond: 429) and STREAMS_TOTAL in all (beyond: 503).
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections import Counter
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from supervisor import system
 from supervisor.api import views
 from supervisor.api.auth import Auth
+from supervisor.errors import SupervisorError
 from supervisor.events import Event, EventBus, state_event
 from supervisor.logs import STREAMING, Closed, LogHub
 
@@ -35,6 +42,104 @@ if TYPE_CHECKING:
 
 HEARTBEAT = 15.0  # seconds between SSE comments: keeps proxies and idle timeouts at bay
 BATCH = 256  # lines or events written in one chunk when a backlog is waiting
+STREAMS_PER_KEY = 8  # open streams of one API key (balena CLI uses one or two)
+STREAMS_TOTAL = 32  # open streams in all: each may hold a journalctl process
+
+
+class TooManyStreams(SupervisorError):
+    """This key has STREAMS_PER_KEY streams open already."""
+
+    http_status = 429
+    retryable = False
+
+
+class StreamsBusy(SupervisorError):
+    """STREAMS_TOTAL streams are open on the device."""
+
+    http_status = 503
+
+
+class StreamSlots:
+    """Counts open streams per API key and in total (one per app, on the event loop)."""
+
+    def __init__(self, per_key: int = STREAMS_PER_KEY, total: int = STREAMS_TOTAL) -> None:
+        self.per_key = per_key
+        self.total = total
+        self._open: Counter[str] = Counter()
+
+    @property
+    def open(self) -> int:
+        return self._open.total()
+
+    def acquire(self, key: str) -> StreamSlot:
+        if self._open[key] >= self.per_key:
+            raise TooManyStreams(f"Too many open streams for this API key (at most "
+                                 f"{self.per_key}): close one first")
+        if self.open >= self.total:
+            raise StreamsBusy(f"Too many open streams on this device (at most {self.total}): "
+                              "try again later")
+        self._open[key] += 1
+        return StreamSlot(self, key)
+
+    def _release(self, key: str) -> None:
+        self._open[key] -= 1
+        if self._open[key] <= 0:
+            del self._open[key]
+
+
+class StreamSlot:
+    """One open stream; `release()` may be called more than once."""
+
+    def __init__(self, slots: StreamSlots, key: str) -> None:
+        self._slots: StreamSlots | None = slots
+        self._key = key
+
+    def release(self) -> None:
+        slots, self._slots = self._slots, None
+        if slots is not None:
+            slots._release(self._key)
+
+
+def stream_slots(request: Request) -> StreamSlots:
+    """The app's stream counter (made on first use: one per Starlette app)."""
+    state = request.app.state
+    slots = getattr(state, "stream_slots", None)
+    if not isinstance(slots, StreamSlots):
+        slots = StreamSlots()
+        state.stream_slots = slots
+    return slots
+
+
+def caller_key(request: Request) -> str:
+    auth = request.scope.get("state", {}).get("auth")
+    return auth.key if isinstance(auth, Auth) else ""
+
+
+class SlotStreamingResponse(StreamingResponse):
+    """A StreamingResponse that gives its slot back when it ends, however it ends (the
+    body finished, the client went away, the send failed)."""
+
+    def __init__(self, content: AsyncIterable[bytes], slot: StreamSlot,
+                 **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.slot = slot
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.slot.release()
+
+
+def open_stream(request: Request, content: Callable[[], AsyncIterable[bytes]],
+                **kwargs: Any) -> Response:
+    """Take a slot for the caller's key (429/503 when none is left), then stream."""
+    slot = stream_slots(request).acquire(caller_key(request))
+    try:
+        return SlotStreamingResponse(content(), slot, **kwargs)
+    except BaseException:
+        slot.release()
+        raise
 
 
 class StreamContext(Protocol):
@@ -92,7 +197,7 @@ def _handlers(ctx: StreamContext, *, probe: Probe,
                     yield b"".join(m.ndjson() for m in batch)
 
         # No content type, as upstream (Express pipes a bare stream).
-        return StreamingResponse(body(), status_code=200, media_type=None)
+        return open_stream(request, body, status_code=200, media_type=None)
 
     async def events(request: Request) -> Response:
         apps = _scope_apps(request)
@@ -124,9 +229,8 @@ def _handlers(ctx: StreamContext, *, probe: Probe,
                     if chunk:
                         yield chunk
 
-        return StreamingResponse(body(), status_code=200, media_type="text/event-stream",
-                                 headers={"cache-control": "no-cache",
-                                          "x-accel-buffering": "no"})
+        return open_stream(request, body, status_code=200, media_type="text/event-stream",
+                           headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
 
     async def metrics(request: Request) -> Response:
         info = await asyncio.to_thread(probe, ctx.data_dir)

@@ -9,11 +9,12 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from supervisor.api import views
 from supervisor.api.context import V2_SERVICE_ENDPOINT_ERROR, JournalParams
 from supervisor.api.params import ApiRequest, check_int, check_string, check_truthy, js_truthy
+from supervisor.api.streams import SlotStreamingResponse, stream_slots
 from supervisor.errors import BadRequest
 
 _UNAUTHORIZED = {"status": "failed", "message": "Unauthorized"}
@@ -190,9 +191,16 @@ def journal_params(r: ApiRequest) -> JournalParams:
 
 
 async def journal_logs(r: ApiRequest) -> Response:
-    stream = await r.ctx.actions.journal_logs(journal_params(r))
+    params = journal_params(r)
+    # Each journal read is a journalctl process: capped like the other streams (429/503).
+    slot = stream_slots(r.request).acquire(r.auth.key)
+    try:
+        stream = await r.ctx.actions.journal_logs(params)
+    except BaseException:
+        slot.release()
+        raise
     # No content type: upstream pipes journalctl's stdout as is.
-    return StreamingResponse(stream, status_code=200)
+    return SlotStreamingResponse(stream, slot, status_code=200)
 
 
 async def locks(r: ApiRequest) -> Response:
