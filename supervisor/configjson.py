@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import tempfile
 import threading
 import uuid as uuidlib
@@ -25,16 +24,15 @@ from typing import Any
 
 from supervisor.errors import ConfigError
 
+# config.md §1: PermissiveNumber ("12abc" -> 12) and PermissiveBoolean, one implementation.
+from supervisor.model.config_vars import parse_permissive_bool as permissive_bool
+from supervisor.model.config_vars import parse_permissive_int as permissive_int
+
 DEFAULT_LISTEN_PORT = 48484
 DEFAULT_POLL_INTERVAL_MS = 900_000
 DEFAULT_API_TIMEOUT_MS = 900_000
 DEFAULT_BOOTSTRAP_RETRY_DELAY_MS = 30_000
 DEFAULT_DELTA_ENDPOINT = "https://delta.balena-cloud.com"
-
-# parseInt() semantics (config.md §1: PermissiveNumber): "12abc" -> 12.
-_LEADING_INT = re.compile(r"\s*([+-]?\d+)")
-_TRUE = frozenset({"1", "true", "on"})
-_FALSE = frozenset({"0", "false", "off"})
 
 # Serialises read-modify-write cycles of config.json within this process.
 _WRITE_LOCK = threading.RLock()
@@ -285,35 +283,6 @@ class ConfigJson:
             f"{self.path}: there was an error validating configuration input for key: "
             f"{key}, with value: {value!r}"
         )
-
-
-def permissive_int(value: Any) -> int | None:
-    """Numbers, or strings read like JS parseInt(); None when unusable."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        return int(value) if value.is_integer() else None
-    if isinstance(value, str):
-        match = _LEADING_INT.match(value)
-        return int(match.group(1)) if match else None
-    return None
-
-
-def permissive_bool(value: Any) -> bool | None:
-    """Booleans, numbers, and 1/true/on, 0/false/off strings; null is false; None if unusable."""
-    if value is None or isinstance(value, bool):
-        return bool(value)
-    if isinstance(value, int | float):
-        return value != 0
-    if isinstance(value, str):
-        lowered = value.strip().lower()
-        if lowered in _TRUE:
-            return True
-        if lowered in _FALSE:
-            return False
-    return None
 
 
 def _merged(

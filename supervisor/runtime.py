@@ -24,7 +24,7 @@ from typing import Any
 
 import uvicorn
 
-from supervisor import COMPAT_VERSION, system
+from supervisor import COMPAT_VERSION, device_flags, system
 from supervisor.board.led import Led, make_led
 from supervisor.board.profiles import BoardProfile, configs_dir, load_board
 from supervisor.cloud.registry_auth import image_auth_hook
@@ -187,7 +187,7 @@ class Runtime:
         """Store a new target (SQLite first: a crash after this still applies it) and apply."""
         await self.store.save_target(source, to_v3(target))  # type: ignore[arg-type]
         if source == "cloud" and not self.settings.unmanaged:
-            await self._switch_mode(local=_local_mode_flag(target.config), force=force)
+            await self._switch_mode(local=device_flags.local_mode(target.config), force=force)
         if source == self.target_source:
             self.target = target
             self.device_name = target.name or self.device_name
@@ -312,12 +312,7 @@ class Runtime:
     @property
     def lock_override(self) -> bool:
         """Device config SUPERVISOR_OVERRIDE_LOCK (or its legacy names): user locks ignored."""
-        config = self.target.config if self.target is not None else {}
-        for key, value in config.items():
-            bare = key.removeprefix("BALENA_").removeprefix("RESIN_")
-            if bare in ("SUPERVISOR_OVERRIDE_LOCK", "OVERRIDE_LOCK"):
-                return str(value).strip().lower() in ("1", "true", "on")
-        return False
+        return device_flags.lock_override(self.target)
 
     # -- executor hooks --------------------------------------------------------------------------
 
@@ -551,13 +546,6 @@ async def _guard_server(server: uvicorn.Server) -> None:
         except (OSError, SystemExit) as err:
             _LOGGER.error("API server failed (%s); retrying in 5 s", err)
             await asyncio.sleep(5)
-
-
-def _local_mode_flag(config: dict[str, str]) -> bool:
-    for key, value in config.items():
-        if key.removeprefix("BALENA_").removeprefix("RESIN_") == "SUPERVISOR_LOCAL_MODE":
-            return str(value).strip().lower() in ("1", "true", "on")
-    return False
 
 
 def _os_version() -> str:

@@ -19,7 +19,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from supervisor.configjson import permissive_int
+from supervisor.model.config_vars import DeviceConfig, lookup
 
 if TYPE_CHECKING:
     from supervisor.store import Failure
@@ -45,15 +45,12 @@ def target_hash(body: Mapping[str, Any]) -> str:
 
 def config_var(config: Mapping[str, str], name: str) -> str | None:
     """A device config variable; BALENA_ wins over RESIN_, which wins over no prefix."""
-    for key in (f"BALENA_{name}", f"RESIN_{name}", name):
-        if key in config:
-            return config[key]
-    return None
+    return lookup(config, name)
 
 
 def limit_from(config: Mapping[str, str]) -> int:
-    value = permissive_int(config_var(config, LIMIT_VAR))
-    return DEFAULT_LIMIT if value is None or value < 0 else value
+    value = DeviceConfig.of(config).number(LIMIT_VAR)
+    return DEFAULT_LIMIT if value < 0 else value
 
 
 class FailureBudget:

@@ -30,8 +30,8 @@ from supervisor.cloud.poller import Poller
 from supervisor.cloud.provision import DeviceInfo, provision
 from supervisor.cloud.reporter import DeviceState, Reporter, device_state
 from supervisor.cloud.tags import TagReporter
-from supervisor.configjson import permissive_bool, permissive_int
 from supervisor.errors import TargetInvalid
+from supervisor.model.config_vars import DeviceConfig
 from supervisor.model.target import TargetState, parse_target, to_v3
 
 if TYPE_CHECKING:
@@ -106,9 +106,7 @@ class CloudSync:
 
     def instant_updates(self) -> bool:
         """`SUPERVISOR_INSTANT_UPDATE_TRIGGER` (default true): /v1/update without force acts."""
-        raw = config_var(self._target_config(), "SUPERVISOR_INSTANT_UPDATE_TRIGGER")
-        value = permissive_bool(raw) if raw is not None else None
-        return True if value is None else value
+        return DeviceConfig.of(self._target_config()).instant_updates
 
     def healthy(self) -> tuple[bool, str]:
         """state.md §7: unhealthy when no target poll succeeded for 2 x the poll interval."""
@@ -121,9 +119,15 @@ class CloudSync:
         return await self.tags.get_tags()
 
     def poll_interval_ms(self) -> int:
-        """`SUPERVISOR_POLL_INTERVAL` from the target's device config, else the setting."""
-        value = permissive_int(config_var(self._target_config(), "SUPERVISOR_POLL_INTERVAL"))
-        return value if value is not None and value > 0 else self._rt.settings.poll_interval_ms
+        """`SUPERVISOR_POLL_INTERVAL` from the target's device config, else the setting.
+
+        An invalid value counts as upstream's default (900000 ms); an unset one leaves the
+        setting (`--poll-interval` / config.json) in charge."""
+        config = self._target_config()
+        if config_var(config, "SUPERVISOR_POLL_INTERVAL") is None:
+            return self._rt.settings.poll_interval_ms
+        value = DeviceConfig.of(config).number("SUPERVISOR_POLL_INTERVAL")
+        return value if value > 0 else self._rt.settings.poll_interval_ms
 
     # -- TargetSink: what the poller hands over --------------------------------------------------
 
@@ -162,8 +166,7 @@ class CloudSync:
         if self._undervolt is None or now - self._undervolt[0] >= UNDERVOLT_EVERY_S:
             self._undervolt = (now, await asyncio.to_thread(system.undervoltage_detected))
         metrics: dict[str, Any] = {}
-        hw = permissive_bool(config_var(self._target_config(), "SUPERVISOR_HARDWARE_METRICS"))
-        if hw is not False:
+        if DeviceConfig.of(self._target_config()).hardware_metrics:
             info = await asyncio.to_thread(system.probe, rt.settings.data_dir)
             metrics = info.metrics()
         status = "Idle"
