@@ -62,11 +62,21 @@ def test_raspberrypi3_is_32_bit_with_led0_fallback() -> None:
                                       "/sys/class/leds/led0/brightness")
 
 
-@pytest.mark.parametrize("slug", ["intel-nuc", "genericx86-64-ext", "qemux86-64"])
+@pytest.mark.parametrize("slug", ["intel-nuc", "genericx86-64-ext"])
 def test_x86_boards_have_no_led_and_no_boot_backend(slug: str) -> None:
     profile = load_board(slug, REPO_CONFIGS)
     assert profile.arch == "amd64"
     assert profile.led.driver == "none"
+    assert profile.boot.backend == "none"
+
+
+def test_qemu_blinks_the_keyboards_scroll_lock_led() -> None:
+    # the device image's VM (docs/device-image.md): input-leds' LED of the PS/2 keyboard
+    profile = load_board("qemux86-64", REPO_CONFIGS)
+    assert profile.arch == "amd64"
+    assert profile.led.driver == "sysfs-brightness"
+    assert profile.led.candidates[0] == "/sys/class/leds/input0::scrolllock/brightness"
+    assert all(c.endswith("::scrolllock/brightness") for c in profile.led.candidates)
     assert profile.boot.backend == "none"
 
 
