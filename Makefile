@@ -19,6 +19,7 @@ WITH_ENGINE = out=$$($(ENGINE) up | tail -n 1); \
   echo "make: $$out" >&2;
 
 .PHONY: help install engine-up engine-down engine-status run test lint bench clean
+.PHONY: image image-lock qemu-up qemu-down qemu-test
 
 help:
 	@echo "make install        create $(VENV) and install the project with its dev tools"
@@ -30,6 +31,10 @@ help:
 	@echo "make lint           ruff, mypy, import-linter"
 	@echo "make bench          the benchmarks (bench/run.py)"
 	@echo "make clean          engine-down, then remove .state .run $(VENV) and caches"
+	@echo "make image          the device image build/image/qemux86-64.img (docs/device-image.md)"
+	@echo "make qemu-up        boot it in QEMU; prints SUPERVISOR=http://127.0.0.1:<port>"
+	@echo "make qemu-down      power the VM off"
+	@echo "make qemu-test      end-to-end tests on the image in QEMU (tests/image, ~15 min)"
 
 install: $(STAMP)
 
@@ -93,3 +98,24 @@ clean:
 	rm -rf .state .run $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis \
 	  .import_linter_cache build *.egg-info
 	find . -path ./.git -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# ---- the device image (docs/device-image.md). The engine gives the preloaded app's images.
+image: install
+	@$(WITH_ENGINE) bash image/build.sh
+
+# Rewrites image/requirements.txt (the image's pinned dependencies) from pyproject.toml.
+image-lock: install
+	@bash image/build.sh lock
+
+qemu-up: image
+	@python3 image/vm.py up
+
+qemu-down:
+	@python3 image/vm.py down
+
+# Boots its own VM (a fresh device) and powers it off at the end; QEMU_TEST=1 lets pytest
+# collect tests/image, which `make test` leaves out.
+qemu-test: image
+	@rc=0; QEMU_TEST=1 CI="$${CI:-}" $(BIN)/pytest -q -p no:cacheprovider tests/image $(PYTEST_ARGS) </dev/null || rc=$$?; \
+	if [ "$$rc" -eq 5 ]; then echo "make: pytest ran no test: failing" >&2; exit 1; fi; \
+	exit "$$rc"
