@@ -286,8 +286,10 @@ class Runtime:
             if img is not None:
                 image_ids[name] = img.id
         self.image_ids = image_ids
-        managed = {r.name: r.docker_image_id for r in await self.store.images()
-                   if r.docker_image_id}
+        records = [r for r in await self.store.images() if r.docker_image_id]
+        managed = {r.name: r.docker_image_id or "" for r in records}
+        owners = {r.name: (r.app_id, r.service_name) for r in records
+                  if r.app_id is not None and r.service_name}
         self.commits = await self.store.current_commits()
         # to the microsecond: a dry-run reboot can fall in the second its container was made
         boot = datetime.fromtimestamp(self._boot_time, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -297,6 +299,7 @@ class Runtime:
             downloading=frozenset(n for n, d in self.downloads.items()
                                   if d.status == "Downloading" and n in self._pulling),
             managed_images=managed,
+            image_owners=owners,
             locked_apps=self.locks.held_apps(),
             foreign_locked=self.locks.foreign_apps(),
             force=self.lock_override,

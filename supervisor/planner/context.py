@@ -17,6 +17,8 @@ class PlanContext:
     downloading: frozenset[str] = frozenset()
     # images this supervisor pulled for services (name -> docker id): the only ones it may delete
     managed_images: Mapping[str, str] = field(default_factory=dict)
+    # the app and service each of those images was pulled for (name -> (app id, service name))
+    image_owners: Mapping[str, tuple[int, str]] = field(default_factory=dict)
     # apps whose supervisor update lock is held, and apps with leftover supervisor lock files
     locked_apps: frozenset[int] = frozenset()
     lock_leftovers: frozenset[int] = frozenset()

@@ -112,6 +112,8 @@ def test_download_then_kill_order(sup: Any, docker_client: Any, two_images: Any)
 def test_kill_then_download_order(sup: Any, docker_client: Any, two_images: Any) -> None:
     o, _ = update_and_order(sup, docker_client, two_images, "kill-then-download")
     assert o["old_killed"] < o["pull"] < o["new_started"], o
+    # the old image stays (the new one's delta source) until the new one is in (engine.md §8)
+    assert o["pull"] < o["old_image_removed"], o
 
 
 def test_delete_then_download_order(sup: Any, docker_client: Any, two_images: Any) -> None:

@@ -186,27 +186,37 @@ def test_release_only_change_renames_without_recreating() -> None:
     assert not of(Kill, steps) and not of(Start, steps) and not of(Fetch, steps)
 
 
-def test_kill_then_download_kills_before_fetching() -> None:
+def test_kill_first_strategies_kill_before_fetching() -> None:
+    # engine.md §8 and §14.5: kill-then-download keeps the old image (the delta source of the
+    # new one) until the new one is in; only delete-then-download removes it before fetching
+    old, new = "registry.local/web:v1", "registry.local/web:v2"
+    owners = {old: (1, "web"), "registry.local/db:v1": (1, "db")}
     for strategy in ("kill-then-download", "delete-then-download"):
-        world = converged(two_services())
-        target = new_release(image="registry.local/web:v2",
-                             labels={"io.balena.update.strategy": strategy})
+        world = converged(two_services(image=old), image_owners=owners)
+        target = new_release(image=new, labels={"io.balena.update.strategy": strategy})
         steps = plan(world.current, target, world.ctx)
         assert kinds(steps)[0] == "takeLock" and not of(Kill, steps)
         steps = plan(world.current, target, locked(world))
         assert [k.service_name for k in of(Kill, steps)] == ["web"]
-        assert not of(Fetch, steps)
+        assert not of(Fetch, steps) and not of(RemoveImage, steps)
         gone = with_containers(world, [c for c in world.current.containers
                                        if c.service_name != "web"])
-        # the old image goes first (nothing uses it now), then the new one is fetched
-        old = "registry.local/web:v1"
         steps = plan(gone.current, target, locked(world))
-        assert steps == (RemoveImage(image_id=image_id_of(old), name=old),)
-        images = tuple(i for i in gone.current.images if i.id != image_id_of(old))
-        ctx = replace(locked(world), managed_images={}, image_ids={
-            k: v for k, v in world.ctx.image_ids.items() if k != old})
-        steps = plan(replace(gone.current, images=images), target, ctx)
-        assert [f.image for f in of(Fetch, steps)] == ["registry.local/web:v2"]
+        if strategy == "delete-then-download":  # the old image goes first, then the fetch
+            assert steps == (RemoveImage(image_id=image_id_of(old), name=old),)
+            images = tuple(i for i in gone.current.images if i.id != image_id_of(old))
+            ctx = replace(locked(world), managed_images={}, image_ids={
+                k: v for k, v in world.ctx.image_ids.items() if k != old})
+            steps = plan(replace(gone.current, images=images), target, ctx)
+        assert [f.image for f in of(Fetch, steps)] == [new], (strategy, steps)
+        assert not of(RemoveImage, steps), strategy
+        if strategy == "kill-then-download":
+            # the new image is in: now the old one goes
+            fetched = replace(locked(world), image_ids={**world.ctx.image_ids,
+                                                         new: image_id_of(new)})
+            images = (*gone.current.images, *make_current(images=[new]).images)
+            steps = plan(replace(gone.current, images=images), target, fetched)
+            assert steps == (RemoveImage(image_id=image_id_of(old), name=old),), steps
 
 
 def test_hand_over_starts_the_new_one_without_a_lock() -> None:
