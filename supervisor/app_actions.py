@@ -96,7 +96,7 @@ class AppActions:
             self._executor = Executor(
                 engine=rt.engine, store=rt.store, lifecycles=rt.lifecycles, locks=rt.locks,
                 hooks=ExecutorHooks(progress=lambda step, status, pct: None, log=rt.log,
-                                    require_reboot=_no_reboot),
+                                    require_reboot=_no_reboot, image_name=rt.image_name),
             )
         return self._executor
 

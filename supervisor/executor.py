@@ -67,6 +67,8 @@ class ExecutorHooks:
     log: Callable[[str], None]
     require_reboot: Callable[[], Awaitable[None]]
     image_auth: Callable[[str], dict[str, str] | None] = lambda ref: None
+    # (app id, service name, commit) -> the image name, for `'<service> <image>'` in the log
+    image_name: Callable[[int, str, str], str] = lambda app_id, service, commit: ""
 
 
 class Executor:
@@ -184,20 +186,24 @@ class Executor:
 
     async def _kill(self, step: Kill) -> None:
         await self._stop_container(
-            (step.app_id, step.service_name, step.commit), step.container_id, step.name,
-            remove=True,
+            (step.app_id, step.service_name, step.commit), step.container_id, remove=True,
         )
 
     async def _stop(self, step: Stop) -> None:
         await self._stop_container(
-            (step.app_id, step.service_name, step.commit), step.container_id, step.name,
-            remove=False,
+            (step.app_id, step.service_name, step.commit), step.container_id, remove=False,
         )
 
-    async def _stop_container(self, key: Key, cid: str, name: str, *, remove: bool) -> None:
+    def _service(self, app_id: int, service: str, commit: str) -> str:
+        """The object of a service log line: `<service> <image>` (engine.md §17)."""
+        image = self.hooks.image_name(app_id, service, commit)
+        return f"{service} {image}" if image else service
+
+    async def _stop_container(self, key: Key, cid: str, *, remove: bool) -> None:
         lc = self.lifecycles.claim(key, "stop", Phase.RUNNING)
         lc.stop()
         verb = "Killing" if remove else "Stopping"
+        name = self._service(*key)
         self.hooks.log(f"{verb} service '{name}'")
         try:
             await self.engine.stop(cid)
@@ -217,33 +223,34 @@ class Executor:
     async def _start(self, step: Start) -> None:
         spec = step.spec
         key: Key = (spec.app_id, spec.service_name, step.commit)
+        name = self._service(*key)
         cid = step.container_id
         if cid is None:
             lc = self.lifecycles.claim(key, "install", Phase.DOWNLOADED)
             lc.install()
-            self.hooks.log(f"Installing service '{spec.name}'")
+            self.hooks.log(f"Installing service '{name}'")
             try:
                 cid = await self._create(spec)
             except SupervisorError as err:
                 lc.failed(reason=str(err))
-                self.hooks.log(f"Failed to install service '{spec.name}' due to '{err}'")
+                self.hooks.log(f"Failed to install service '{name}' due to '{err}'")
                 raise
             lc.installed()
-            self.hooks.log(f"Installed service '{spec.name}'")
+            self.hooks.log(f"Installed service '{name}'")
         else:
             lc = self.lifecycles.claim(key, "start", Phase.INSTALLED)
         if not step.start:
             return
         lc.start()
-        self.hooks.log(f"Starting service '{spec.name}'")
+        self.hooks.log(f"Starting service '{name}'")
         try:
             await self.engine.start(cid)
         except SupervisorError as err:
             lc.failed(reason=str(err))
-            self.hooks.log(f"Failed to start service '{spec.name}' due to '{err}'")
+            self.hooks.log(f"Failed to start service '{name}' due to '{err}'")
             raise
         lc.started()
-        self.hooks.log(f"Started service '{spec.name}'")
+        self.hooks.log(f"Started service '{name}'")
 
     async def _create(self, spec: ContainerSpec) -> str:
         try:
@@ -287,7 +294,7 @@ class Executor:
         lc.handover_complete()
         if old_lc is not None:
             old_lc.stop()
-        self.hooks.log(f"Killing service '{step.name}'")
+        self.hooks.log(f"Killing service '{self._service(*old_key)}'")
         await self.engine.stop(step.container_id)
         await self.engine.remove(step.container_id, force=True)
         if old_lc is not None:

@@ -100,6 +100,7 @@ class Runtime:
         # containers stopped by POST /v1/reboot|shutdown (a dry-run reboot starts them again)
         self.stopped_for_power: list[str] = []
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._recorded_images: dict[tuple[int, str, str], str] = {}
 
     # -- the snapshot --------------------------------------------------------------------------
 
@@ -287,6 +288,8 @@ class Runtime:
                 image_ids[name] = img.id
         self.image_ids = image_ids
         records = [r for r in await self.store.images() if r.docker_image_id]
+        self._recorded_images = {(r.app_id, r.service_name, r.commit): r.name for r in records
+                                 if r.app_id is not None and r.service_name and r.commit}
         managed = {r.name: r.docker_image_id or "" for r in records}
         owners = {r.name: (r.app_id, r.service_name) for r in records
                   if r.app_id is not None and r.service_name}
@@ -341,6 +344,14 @@ class Runtime:
         self.fetches.set_active(bool(self._pulling))
         self.publish()
 
+    def image_name(self, app_id: int, service: str, commit: str) -> str:
+        """The image of a service of a release: the target's, else the one we pulled for it."""
+        for app in self.target.apps.values() if self.target is not None else ():
+            if app.app_id == app_id and app.release is not None \
+                    and app.release.commit == commit and service in app.release.services:
+                return app.release.services[service].image
+        return self._recorded_images.get((app_id, service, commit), "")
+
     async def _require_reboot(self) -> None:
         await asyncio.to_thread(self.breadcrumb.set)
 
@@ -375,7 +386,8 @@ class Runtime:
             hooks=ExecutorHooks(progress=self._progress, log=self.log,
                                 require_reboot=self._require_reboot,
                                 image_auth=image_auth_hook(lambda: (
-                                    s.config_json.uuid, s.config_json.current_api_key))),
+                                    s.config_json.uuid, s.config_json.current_api_key)),
+                                image_name=self.image_name),
         )
         self.reconciler = Reconciler(
             observe=self._observe, target=lambda: self.target, context=self.plan_context,

@@ -290,13 +290,14 @@ def test_requires_reboot_starts_only_after_the_reboot(
                   what="started after the (dry-run) reboot", timeout=60)
     proc.wait_for(lambda: proc.status()["appState"] == "applied", what="applied")
     # the log is written by a listener thread: wait for the line rather than race it
-    log = proc.wait_for(lambda: "Started service 'a_" in (text := proc.log(tail=None)) and text,
-                        what="the start in the log", timeout=10)
+    # the dashboard's text names '<service> <image>' (engine.md §17)
+    log = proc.wait_for(lambda: f"Started service 'a {base_image}'" in (
+        text := proc.log(tail=None)) and text, what="the start in the log", timeout=10)
     scheduled = log.index("Reboot has been scheduled to apply changes")
     rebooted = log.index("Rebooting")
-    started = log.index("Started service 'a_")
+    started = log.index(f"Started service 'a {base_image}'")
     assert scheduled < rebooted < started
-    installed = log.index("Installed service 'a_")
+    installed = log.index(f"Installed service 'a {base_image}'")
     assert installed < scheduled
     # exactly one reboot for the one requirement: in the log and in the host actions
     lines = log.splitlines()
