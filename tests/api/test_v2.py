@@ -90,11 +90,12 @@ def test_service_action_not_found_is_404_text(ctx: FakeContext, client: TestClie
 
 
 def test_service_action_locked_and_failed(ctx: FakeContext, client: TestClient) -> None:
-    ctx.actions.fail["service_action"] = UpdatesLocked("Lockfile exists for { appId: 2 }")
+    # the fake's text: the spec's is pinned on the real path (integration/test_lock_bodies.py)
+    ctx.actions.fail["service_action"] = UpdatesLocked("a lock message from the fake")
     res = client.post("/v2/applications/2/stop-service", json={"serviceName": "web"},
                       headers=AUTH)
     assert res.status_code == 423
-    assert res.json() == {"status": "failed", "message": "Lockfile exists for { appId: 2 }"}
+    assert res.json() == {"status": "failed", "message": "a lock message from the fake"}
     ctx.actions.fail["service_action"] = EngineError("engine down")
     res = client.post("/v2/applications/2/stop-service", json={"serviceName": "web"},
                       headers=AUTH)

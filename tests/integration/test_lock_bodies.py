@@ -2,8 +2,9 @@
 
 A real `Runtime` on the real engine (the `device` of test_actions.py) runs two apps; a user
 lock is planted in each, in every form locks.md counts as a lock (either file name, a
-directory, a dangling symlink). Each route is then called through the real ASGI app: the
-status and the body are compared with the spec's text, written out here literally.
+directory, a dangling symlink); then a host OS update breadcrumb. Each route is called through
+the real ASGI app: the status and the body are compared with the spec's text, written out here
+literally.
 """
 
 from __future__ import annotations
@@ -126,5 +127,14 @@ def test_every_locked_route_answers_upstreams_423(
                     # only the user's lock was there: no supervisor lock was left behind
                     assert not [p for p in services.rglob("*") if p.name.endswith(
                         "updates.lock")], form
+                # a host OS update settling refuses reboot and shutdown (locks.md §8)
+                for crumb in ("rollback-health-breadcrumb", "rollback-altboot-breadcrumb"):
+                    (tmp_path / "state" / crumb).write_text("")
+                    for path in ("/v1/reboot", "/v1/shutdown"):
+                        res = await http.post(path, json={})
+                        assert (res.status_code, res.content) == (
+                            423, b'{"Data":"","Error":"Waiting for Host OS update to finish"}')
+                    (tmp_path / "state" / crumb).unlink()
+                assert running(docker_client) == before
 
     run(scenario)
