@@ -79,6 +79,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("poll_interval", "--poll-interval", "SUPERVISOR_POLL_INTERVAL",
            "config.json appUpdatePollInterval, else 900000",
            "milliseconds between target state polls", "MS"),
+    Option("vpn_status_dir", "--vpn-status-dir", "SUPERVISOR_VPN_STATUS_DIR",
+           "/mnt/root/run/openvpn/vpn_status",
+           "openvpn's status dir: a file named active there means the VPN is connected",
+           "DIR"),
 )
 OPTIONS_BY_DEST: Mapping[str, Option] = {opt.dest: opt for opt in OPTIONS}
 
@@ -103,6 +107,7 @@ class Settings:
     blink_seconds: float
     log_level: str
     poll_interval_ms: int
+    vpn_status_dir: Path
     # From config.json, read at start:
     uuid: str
     api_endpoint: str
@@ -170,6 +175,8 @@ def load_settings(
         blink_seconds=blink_seconds,
         log_level=log_level,
         poll_interval_ms=poll_ms or config.app_update_poll_interval,
+        vpn_status_dir=(_path(src.get("vpn_status_dir"))
+                        or Path("/mnt/root/run/openvpn/vpn_status")),
         uuid=uuid,
         api_endpoint=config.api_endpoint,
         device_type=config.device_type,

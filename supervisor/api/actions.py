@@ -22,6 +22,7 @@ from supervisor.device_actions import DeviceActions
 from supervisor.errors import NotFound
 from supervisor.exclusive import ActionGate
 from supervisor.health import runtime_health
+from supervisor.host.vpn import vpn_status
 from supervisor.journal import open_journal
 from supervisor.locks import container_path
 from supervisor.model.current import Snapshot
@@ -168,7 +169,7 @@ class RuntimeActions:
                                                      **tags})
 
     async def vpn_status(self) -> tuple[bool, bool]:
-        return False, False
+        return await vpn_status(self._rt.settings.vpn_status_dir, self._rt.host)
 
     async def cleanup_volumes(self, app_ids: frozenset[int] | None) -> list[str]:
         return await cleanup_volumes(self._rt, app_ids)

@@ -54,6 +54,11 @@ class HostActions(Protocol):
         """The unit's `PartOf=` list; empty when the unit is not loaded."""
         ...
 
+    async def unit_active_state(self, unit: str) -> str | None:
+        """systemd's `ActiveState` of the unit (`active`, `inactive`, ...); None when the
+        unit is not loaded."""
+        ...
+
 
 class LogindHostActions:
     """The real thing: logind `Reboot`/`PowerOff`, systemd `RestartUnit` & co over D-Bus."""
@@ -93,6 +98,18 @@ class LogindHostActions:
                                         "org.freedesktop.systemd1.Unit", "PartOf")
         return tuple(value)
 
+    async def unit_active_state(self, unit: str) -> str | None:
+        try:
+            (path,) = await dbus.call(self.bus_address, dbus.SYSTEMD1, "GetUnit", "s",
+                                      (unit_name(unit),))
+        except dbus.DBusCallError as err:
+            if err.name == dbus.NO_SUCH_UNIT:
+                return None
+            raise
+        value = await dbus.get_property(self.bus_address, SYSTEMD_NAME, path,
+                                        "org.freedesktop.systemd1.Unit", "ActiveState")
+        return str(value)
+
 
 class DryRunHostActions:
     """Logs what it would do and hands it to `record` (the runtime stores it in SQLite)."""
@@ -124,6 +141,9 @@ class DryRunHostActions:
 
     async def unit_part_of(self, unit: str) -> tuple[str, ...]:
         return ()
+
+    async def unit_active_state(self, unit: str) -> str | None:
+        return None  # no systemd: as if no unit were loaded
 
 
 def choose_host_actions(choice: str, bus_address: str | None,

@@ -90,6 +90,7 @@ PRECEDENCE = [
     ("blink_seconds", "0.5", "2", "blink_seconds", 0.5, 2.0),
     ("log_level", "DEBUG", "warn", "log_level", "debug", "warning"),
     ("poll_interval", "1000", "2000", "poll_interval_ms", 1000, 2000),
+    ("vpn_status_dir", "/f/vpn", "/e/vpn", "vpn_status_dir", Path("/f/vpn"), Path("/e/vpn")),
 ]
 
 
