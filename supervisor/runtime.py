@@ -35,9 +35,11 @@ from supervisor.engine.runner import AsyncEngine
 from supervisor.errors import ConfigError, SupervisorError, TargetInvalid
 from supervisor.events import EventBus
 from supervisor.executor import Executor, ExecutorHooks
+from supervisor.fsperm import owned_directory, secure_files
 from supervisor.health import FetchTimer
 from supervisor.host.actions import HostActions, choose_host_actions
 from supervisor.host.breadcrumb import RebootBreadcrumb
+from supervisor.host.hostconfig import secret_host_files
 from supervisor.lifecycle import Key, Lifecycles, phase_from_container
 from supervisor.locks import UpdateLocks, container_path
 from supervisor.logs import LogHub
@@ -246,13 +248,15 @@ class Runtime:
             await self.ensure_scoped_keys(self.target)
 
     async def ensure_scoped_keys(self, target: TargetState) -> None:
-        for app in target.apps.values():
-            if app.release is None:
-                continue
-            for svc in app.release.services.values():
-                if wants_supervisor_api(svc):
-                    key = (app.app_id, svc.name)
-                    self._scoped_keys[key] = await self.store.scoped_api_key(*key)
+        """A key for every service of `target` that asks for one; the keys of services that
+        left it are revoked (upstream keeps them valid forever: docs/security.md)."""
+        wanted = sorted((app.app_id, svc.name) for app in target.apps.values()
+                        if app.release is not None for svc in app.release.services.values()
+                        if wants_supervisor_api(svc))
+        self._scoped_keys = {key: await self.store.scoped_api_key(*key) for key in wanted}
+        for gone in await self.store.revoke_scoped_keys_except(wanted):
+            _LOGGER.info("revoked the API key of service %s of app %s: no longer in the "
+                         "target", gone.service_name, gone.app_id)
 
     # -- planning context --------------------------------------------------------------------------
 
@@ -364,8 +368,11 @@ class Runtime:
 
     async def start(self) -> None:
         s = self.settings
-        for path in (s.data_dir, s.state_dir, s.locks_dir):
+        # the lock root may be in /tmp: it must be ours, not a symlink (docs/security.md)
+        await asyncio.to_thread(owned_directory, s.locks_dir, "--locks-dir")
+        for path in (s.data_dir, s.state_dir):
             await asyncio.to_thread(Path(path).mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(secure_files, [s.config_path, *secret_host_files(s.boot_dir)])
         self.store = await AsyncStore.open(s.db_path)
         await self.store.global_api_key()
         self.host = await asyncio.to_thread(choose_host_actions, s.host_actions, None,

@@ -35,6 +35,7 @@ from sqlite_utils.db import Table
 from sqlite_utils.migrations import Migrations
 
 from supervisor.errors import BadRequest, InternalError, NotFound
+from supervisor.fsperm import private_dir, secure_file, secure_files
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -211,7 +212,10 @@ class Store:
         self.path = Path(path)
         self.thread_name = threading.current_thread().name
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # The keys are in clear: 0600 from the first byte (SQLite gives -wal and -shm the
+            # database's mode), in a 0700 directory; older files are fixed here.
+            private_dir(self.path.parent)
+            secure_file(self.path, create=True)
             self._db = Database(self.path, execute_plugins=False)
         except (OSError, sqlite3.Error) as err:
             raise InternalError(f"cannot open database {self.path}: {err}") from err
@@ -221,6 +225,7 @@ class Store:
             # Per connection: fsync the WAL at every commit, so acknowledged writes survive.
             self._db.execute("PRAGMA synchronous=FULL")
             MIGRATIONS.apply(self._db)
+            secure_files([f"{self.path}-wal", f"{self.path}-shm"])
         except sqlite3.Error as err:
             self._db.close()
             raise InternalError(f"cannot open database {self.path}: {err}") from err
@@ -312,6 +317,17 @@ class Store:
             count = self._t("api_key").count_where(where, args)
             self._t("api_key").delete_where(where, args)
         return count
+
+    def revoke_scoped_keys_except(self, keep: Iterable[tuple[int, str]]) -> list[ApiKey]:
+        """Delete every service key whose (app, service) is not in `keep`; the global key
+        stays. Returns the revoked keys."""
+        wanted = set(keep)
+        stale = [k for k in self.all_api_keys()
+                 if k.app_id != 0 and (k.app_id, k.service_name or "") not in wanted]
+        with self._db.atomic():
+            for key in stale:
+                self._t("api_key").delete_where("key = ?", [key.key])
+        return stale
 
     def _get_or_create_key(
         self, app_id: int, service_name: str | None, scopes: tuple[Scope, ...]
@@ -706,6 +722,10 @@ class AsyncStore:
 
     async def delete_api_keys(self, app_id: int, service_name: str | None = None) -> int:
         return await self._change_keys(lambda: self._store.delete_api_keys(app_id, service_name))
+
+    async def revoke_scoped_keys_except(self, keep: Iterable[tuple[int, str]]) -> list[ApiKey]:
+        wanted = tuple(keep)
+        return await self._change_keys(lambda: self._store.revoke_scoped_keys_except(wanted))
 
     async def lookup_api_key(self, key: str) -> ApiKey | None:
         return await self._run(self._store.lookup_api_key, key)

@@ -414,10 +414,18 @@ def validate_patch(body: object) -> HostConfigPatch:
 # ----------------------------------------------------------------------------- apply (PATCH)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temp file + fsync + rename, so a power cut never leaves half a file."""
+def secret_host_files(boot_dir: Path | str) -> list[Path]:
+    """Host files holding a secret (the proxy password): 0600."""
+    return [proxy_dir(boot_dir) / REDSOCKS_CONF]
+
+
+def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
+    """Write via a temp file + fsync + rename, so a power cut never leaves half a file.
+    The file has `mode` from its first byte (0600 for secrets)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w") as f:
+    tmp.unlink(missing_ok=True)  # a leftover of a crash could have another mode
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode)
+    with os.fdopen(fd, "w") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
@@ -478,7 +486,7 @@ def apply_patch(boot_dir: Path | str, patch: HostConfigPatch, current_uuid: str,
         else:
             if dns_address(target.get("dns")) is not None:
                 decoded["dns"] = target["dns"]
-            write_atomic(conf_path, render_redsocks(decoded))
+            write_atomic(conf_path, render_redsocks(decoded), 0o600)  # holds the password
     elif not no_proxy_changed:
         # No proxy (or only dns, which needs a proxy): remove, unless this patch was only
         # about noProxy, where upstream keeps redsocks.conf as it was.
