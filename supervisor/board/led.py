@@ -1,9 +1,17 @@
-"""Identify LED drivers: `POST /v1/blink` (via api/actions) calls `Led.blink()`.
+"""LED drivers: identify (`POST /v1/blink`, via api/actions) and the offline pattern.
 
-The pattern is config.md §8: 200 ms on / 200 ms off, repeated for `seconds` (15 by default),
-LED left off at the end. One pattern runs at a time; a second `blink()` while one runs pushes
-the end time back instead of starting a second, overlapping pattern. sysfs writes are tiny
-but still blocking I/O, so they go through `asyncio.to_thread`.
+The identify pattern is config.md §8: 200 ms on / 200 ms off, repeated for `seconds` (15 by
+default), LED left off at the end. A second `blink()` while one runs pushes the end time back
+instead of starting a second, overlapping pattern.
+
+The offline pattern (`set_offline(True)`, from the connectivity check) is the board profile's
+`[led.offline]`: 4 blinks of 200/200 ms, then 1000 ms dark, repeated until `set_offline(False)`.
+Identify wins: it pauses the offline pattern and the offline pattern resumes when it ends, so
+the two never write the LED at the same time. (Upstream shared one pattern slot: identify was
+ignored while offline, and its end stopped the offline pattern.)
+
+sysfs writes are tiny but still blocking I/O: each LED writes from its own single thread, in
+order, so a write still in flight when a pattern is cancelled cannot land after the "off".
 """
 
 from __future__ import annotations
@@ -12,16 +20,20 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
-from supervisor.board.profiles import BoardProfile
+from supervisor.board.profiles import DEFAULT_OFFLINE_PATTERN, BoardProfile, OfflinePattern
 
 _LOGGER = logging.getLogger(__name__)
 
 IDENTIFY_SECONDS = 15.0
 ON_SECONDS = 0.2
 OFF_SECONDS = 0.2
+
+Sleep = Callable[[float], Awaitable[None]]
 
 
 class Led(Protocol):
@@ -30,7 +42,11 @@ class Led(Protocol):
         ...
 
     async def stop(self) -> None:
-        """Stop any running pattern and leave the LED off."""
+        """Stop any running pattern (identify and offline) and leave the LED off."""
+        ...
+
+    async def set_offline(self, offline: bool) -> None:
+        """Start (True) or stop (False) the offline pattern; returns at once."""
         ...
 
 
@@ -44,32 +60,85 @@ def _write(path: str, value: str) -> None:
 
 
 class _PatternLed:
-    """Runs the on/off pattern in one task; subclasses say how to switch the LED."""
+    """Runs the identify and offline patterns, one at a time; subclasses switch the LED.
 
-    def __init__(self) -> None:
+    `sleep` paces the offline pattern only (tests step through it without a clock)."""
+
+    def __init__(self, offline: OfflinePattern = DEFAULT_OFFLINE_PATTERN,
+                 sleep: Sleep = asyncio.sleep) -> None:
         self._task: asyncio.Task[None] | None = None
         self._until = 0.0
         self._write_failed = False
+        self._offline_pattern = offline
+        self._sleep = sleep
+        self._offline = False
+        self._offline_task: asyncio.Task[None] | None = None
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="led")
 
     @property
     def blinking(self) -> bool:
         return self._task is not None and not self._task.done()
 
+    @property
+    def offline_blinking(self) -> bool:
+        return self._offline_task is not None and not self._offline_task.done()
+
     async def blink(self, seconds: float = IDENTIFY_SECONDS) -> None:
         loop = asyncio.get_running_loop()
         self._until = max(self._until, loop.time() + seconds)
         if not self.blinking:
-            self._task = loop.create_task(self._run(), name="led-identify")
+            self._task = loop.create_task(self._identify(), name="led-identify")
 
     async def stop(self) -> None:
         task, self._task = self._task, None
         self._until = 0.0
+        self._offline = False
+        await self._stop_offline()
         if task is not None and not task.done():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         else:
             await self._switch(False)
+
+    async def set_offline(self, offline: bool) -> None:
+        self._offline = offline
+        if not offline:
+            await self._stop_offline()
+        elif not self.blinking:  # else it starts when identify ends
+            self._start_offline()
+
+    async def _identify(self) -> None:
+        await self._stop_offline()  # identify takes the LED...
+        await self._run()
+        if self._offline:  # ...and hands it back (not after a cancel: that raised)
+            self._start_offline()
+
+    def _start_offline(self) -> None:
+        if not self.offline_blinking:
+            self._offline_task = asyncio.get_running_loop().create_task(
+                self._run_offline(), name="led-offline")
+
+    async def _stop_offline(self) -> None:
+        task, self._offline_task = self._offline_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run_offline(self) -> None:
+        pattern = self._offline_pattern
+        try:
+            while True:
+                for _ in range(pattern.blinks):
+                    await self._switch(True, steady=True)
+                    await self._sleep(pattern.on_ms / 1000)
+                    await self._switch(False, steady=True)
+                    await self._sleep(pattern.off_ms / 1000)
+                await self._sleep(pattern.pause_ms / 1000)
+        except asyncio.CancelledError:
+            await self._switch(False, steady=True)
+            raise
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -87,9 +156,10 @@ class _PatternLed:
             await self._switch(False)
             raise
 
-    async def _switch(self, on: bool) -> None:
+    async def _switch(self, on: bool, *, steady: bool = False) -> None:
+        setter = self._set_steady if steady else self._set
         try:
-            await asyncio.to_thread(self._set, on)
+            await asyncio.get_running_loop().run_in_executor(self._writer, setter, on)
         except OSError as err:
             if not self._write_failed:  # once: a broken LED must not flood the log
                 _LOGGER.warning("Cannot drive the identify LED: %s", err)
@@ -97,6 +167,10 @@ class _PatternLed:
 
     def _set(self, on: bool) -> None:
         raise NotImplementedError
+
+    def _set_steady(self, on: bool) -> None:
+        """Plain on/off for the offline pattern (never a kernel-driven blink)."""
+        self._set(on)
 
 
 async def _sleep_until(loop: asyncio.AbstractEventLoop, when: float) -> None:
@@ -108,8 +182,10 @@ async def _sleep_until(loop: asyncio.AbstractEventLoop, when: float) -> None:
 class SysfsBrightnessLed(_PatternLed):
     """Writes `on`/`off` to a brightness file such as /sys/class/leds/ACT/brightness."""
 
-    def __init__(self, path: str, on: str = "1", off: str = "0") -> None:
-        super().__init__()
+    def __init__(self, path: str, on: str = "1", off: str = "0",
+                 offline: OfflinePattern = DEFAULT_OFFLINE_PATTERN,
+                 sleep: Sleep = asyncio.sleep) -> None:
+        super().__init__(offline, sleep)
         self.path, self.on, self.off = path, on, off
 
     def _set(self, on: bool) -> None:
@@ -124,8 +200,9 @@ class SysfsTriggerLed(_PatternLed):
     """
 
     def __init__(self, path_to_trigger: str, on_trigger: str = "default-on",
-                 off_trigger: str = "none") -> None:
-        super().__init__()
+                 off_trigger: str = "none", offline: OfflinePattern = DEFAULT_OFFLINE_PATTERN,
+                 sleep: Sleep = asyncio.sleep) -> None:
+        super().__init__(offline, sleep)
         self.path, self.on_trigger, self.off_trigger = path_to_trigger, on_trigger, off_trigger
 
     def _set(self, on: bool) -> None:
@@ -136,6 +213,10 @@ class SysfsTriggerLed(_PatternLed):
             _write(str(folder / "delay_off"), str(int(OFF_SECONDS * 1000)))
             return
         _write(self.path, self.on_trigger if on else self.off_trigger)
+
+    def _set_steady(self, on: bool) -> None:
+        steady_on = "default-on" if self.on_trigger == "timer" else self.on_trigger
+        _write(self.path, steady_on if on else self.off_trigger)
 
     async def _run(self) -> None:
         if self.on_trigger != "timer":
@@ -163,8 +244,12 @@ class NullLed:
     async def stop(self) -> None:
         return None
 
+    async def set_offline(self, offline: bool) -> None:
+        return None
 
-def make_led(profile: BoardProfile, led_file_override: str | None) -> Led:
+
+def make_led(profile: BoardProfile, led_file_override: str | None,
+             sleep: Sleep = asyncio.sleep) -> Led:
     """The LED for this board; `--led-file` replaces the profile's file."""
     spec = profile.led
     if led_file_override == os.devnull:
@@ -183,6 +268,6 @@ def make_led(profile: BoardProfile, led_file_override: str | None) -> Led:
                         " or ".join(candidates))
         return NullLed()
     if use_trigger:
-        return SysfsTriggerLed(path, spec.on_trigger, spec.off_trigger)
+        return SysfsTriggerLed(path, spec.on_trigger, spec.off_trigger, spec.offline, sleep)
     on, off = ("0", "1") if spec.active_low else ("1", "0")
-    return SysfsBrightnessLed(path, on=on, off=off)
+    return SysfsBrightnessLed(path, on=on, off=off, offline=spec.offline, sleep=sleep)

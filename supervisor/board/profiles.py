@@ -43,6 +43,20 @@ _SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 
 @dataclass(frozen=True)
+class OfflinePattern:
+    """What the LED shows while the cloud is unreachable (config.md §8): `blinks` times
+    `on_ms` on / `off_ms` off, then `pause_ms` dark, repeated. `[led.offline]` in a profile."""
+
+    blinks: int = 4
+    on_ms: int = 200
+    off_ms: int = 200
+    pause_ms: int = 1000
+
+
+DEFAULT_OFFLINE_PATTERN = OfflinePattern()
+
+
+@dataclass(frozen=True)
 class LedSpec:
     """How to drive the identify LED. `file` is a sysfs path (brightness or trigger file)."""
 
@@ -53,6 +67,7 @@ class LedSpec:
     active_low: bool = False
     on_trigger: str = "default-on"
     off_trigger: str = "none"
+    offline: OfflinePattern = DEFAULT_OFFLINE_PATTERN
 
     @property
     def candidates(self) -> tuple[str, ...]:
@@ -166,6 +181,7 @@ def parse_profile(data: dict[str, Any], where: str = "<profile>") -> BoardProfil
         active_low=active_low,
         on_trigger=text(led_t, "on_trigger", "default-on") or "default-on",
         off_trigger=text(led_t, "off_trigger", "none") or "none",
+        offline=_offline_pattern(_table(led_t, "offline", f"{where}: led"), where),
     )
     if led.driver != "none" and not led.candidates:
         raise ConfigError(f"{where}: led.file is required for driver {led.driver}")
@@ -180,6 +196,18 @@ def parse_profile(data: dict[str, Any], where: str = "<profile>") -> BoardProfil
 
     return BoardProfile(slug=slug, name=name, arch=arch, aliases=tuple(aliases), led=led,
                         boot=boot)
+
+
+def _offline_pattern(table: dict[str, Any], where: str) -> OfflinePattern:
+    default = OfflinePattern()
+    values: dict[str, int] = {}
+    for key, low in (("blinks", 1), ("on_ms", 1), ("off_ms", 1), ("pause_ms", 0)):
+        value = table.get(key, getattr(default, key))
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 60_000:
+            raise ConfigError(f"{where}: led.offline.{key} must be a whole number "
+                              f"from {low} to 60000")
+        values[key] = value
+    return OfflinePattern(**values)
 
 
 def _table(data: dict[str, Any], key: str, where: str) -> dict[str, Any]:
