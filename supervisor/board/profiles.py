@@ -24,9 +24,10 @@ GENERIC_SLUG = "generic"
 ENV_CONFIGS_DIR = "SUPERVISOR_BOARD_CONFIGS"
 
 LedDriver = Literal["sysfs-brightness", "sysfs-trigger", "none"]
-BootBackend = Literal["config-txt", "extlinux", "grub", "extra-uenv", "none"]
 LED_DRIVERS: tuple[LedDriver, ...] = ("sysfs-brightness", "sysfs-trigger", "none")
-BOOT_BACKENDS: tuple[BootBackend, ...] = ("config-txt", "extlinux", "grub", "extra-uenv", "none")
+# The boot-config backends a profile may name (board/bootconfig.py builds them); the splash
+# image backend is every device's and is not listed.
+BOOT_BACKENDS = ("config-txt", "extlinux", "extra-uenv", "configfs", "odmdata", "power-fan")
 
 # balena architecture names for `arch = "auto"` (the generic profile).
 _MACHINE_ARCH = {
@@ -76,10 +77,9 @@ class LedSpec:
 
 @dataclass(frozen=True)
 class BootSpec:
-    """Boot configuration backend; `file` is relative to the boot dir (`--boot-dir`)."""
+    """The boot-config backends of the device type (`[boot] backends`), in apply order."""
 
-    backend: BootBackend = "none"
-    file: str | None = None
+    backends: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -187,12 +187,13 @@ def parse_profile(data: dict[str, Any], where: str = "<profile>") -> BoardProfil
         raise ConfigError(f"{where}: led.file is required for driver {led.driver}")
 
     boot_t = _table(data, "boot", where)
-    backend = text(boot_t, "backend", "none")
-    if backend not in BOOT_BACKENDS:
-        raise ConfigError(f"{where}: boot.backend must be one of {', '.join(BOOT_BACKENDS)}")
-    boot = BootSpec(backend=cast(BootBackend, backend), file=text(boot_t, "file"))
-    if boot.backend != "none" and not boot.file:
-        raise ConfigError(f"{where}: boot.file is required for backend {boot.backend}")
+    if "backend" in boot_t or "file" in boot_t:  # the old one-backend form: say so, loudly
+        raise ConfigError(f"{where}: [boot] takes `backends = [...]` (backend/file are gone)")
+    backends = boot_t.get("backends", [])
+    if not isinstance(backends, list) or not all(b in BOOT_BACKENDS for b in backends):
+        raise ConfigError(f"{where}: boot.backends must be a list of "
+                          f"{', '.join(BOOT_BACKENDS)}")
+    boot = BootSpec(backends=tuple(backends))
 
     return BoardProfile(slug=slug, name=name, arch=arch, aliases=tuple(aliases), led=led,
                         boot=boot)

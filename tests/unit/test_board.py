@@ -41,8 +41,7 @@ def test_every_shipped_profile_loads_under_its_file_name(path: Path) -> None:
     assert profile.name and profile.arch and profile.arch != "auto"
     if profile.led.driver != "none":
         assert all(c.startswith("/sys/class/leds/") for c in profile.led.candidates)
-    if profile.boot.backend != "none":
-        assert profile.boot.file and not profile.boot.file.startswith("/")
+    assert set(profile.boot.backends) <= set(profiles.BOOT_BACKENDS)
 
 
 @pytest.mark.parametrize("slug", ["raspberrypi4-64", "raspberrypi5"])
@@ -52,7 +51,12 @@ def test_raspberry_pi_4_and_5_blink_act_and_use_config_txt(slug: str) -> None:
     assert profile.led.driver == "sysfs-brightness"
     assert profile.led.file == "/sys/class/leds/ACT/brightness"
     assert profile.led.active_low is False
-    assert (profile.boot.backend, profile.boot.file) == ("config-txt", "config.txt")
+    assert profile.boot.backends == ("config-txt",)
+
+
+@pytest.mark.parametrize("slug", ["raspberrypi0-2w-64", "raspberrypi3", "raspberrypi3-64"])
+def test_every_raspberry_pi_uses_config_txt(slug: str) -> None:
+    assert load_board(slug, REPO_CONFIGS).boot.backends == ("config-txt",)
 
 
 def test_raspberrypi3_is_32_bit_with_led0_fallback() -> None:
@@ -67,7 +71,7 @@ def test_x86_boards_have_no_led_and_no_boot_backend(slug: str) -> None:
     profile = load_board(slug, REPO_CONFIGS)
     assert profile.arch == "amd64"
     assert profile.led.driver == "none"
-    assert profile.boot.backend == "none"
+    assert profile.boot.backends == ()
 
 
 def test_qemu_blinks_the_keyboards_scroll_lock_led() -> None:
@@ -77,13 +81,19 @@ def test_qemu_blinks_the_keyboards_scroll_lock_led() -> None:
     assert profile.led.driver == "sysfs-brightness"
     assert profile.led.candidates[0] == "/sys/class/leds/input0::scrolllock/brightness"
     assert all(c.endswith("::scrolllock/brightness") for c in profile.led.candidates)
-    assert profile.boot.backend == "none"
+    assert profile.boot.backends == ()
 
 
 def test_alias_resolves_to_its_profile() -> None:
     profile = load_board("jetson-orin-nano-devkit-nvme", REPO_CONFIGS)
     assert profile.slug == "jetson-orin-nano"
-    assert (profile.boot.backend, profile.boot.file) == ("extra-uenv", "extra_uEnv.txt")
+    assert profile.boot.backends == ("extra-uenv", "power-fan")
+
+
+def test_jetson_tx2_and_up_board_profiles_name_their_backends() -> None:
+    assert load_board("jetson-tx2", REPO_CONFIGS).boot.backends == (
+        "extlinux", "extra-uenv", "odmdata")
+    assert load_board("up-board", REPO_CONFIGS).boot.backends == ("configfs",)
 
 
 def test_unknown_slug_falls_back_to_generic_with_warning(
@@ -117,12 +127,12 @@ def test_custom_profile_with_trigger_led(tmp_path: Path) -> None:
         'slug = "myboard"\nname = "My board"\narch = "aarch64"\n'
         '[led]\ndriver = "sysfs-trigger"\nfile = "/sys/class/leds/user/trigger"\n'
         'on_trigger = "timer"\noff_trigger = "none"\nactive_low = true\n'
-        '[boot]\nbackend = "extlinux"\nfile = "extlinux/extlinux.conf"\n')
+        '[boot]\nbackends = ["extlinux"]\n')
     profile = load_board("myboard", tmp_path)
     assert profile.led.driver == "sysfs-trigger"
     assert (profile.led.on_trigger, profile.led.off_trigger) == ("timer", "none")
     assert profile.led.active_low is True
-    assert profile.boot.backend == "extlinux"
+    assert profile.boot.backends == ("extlinux",)
 
 
 @pytest.mark.parametrize(("doc", "complaint"), [
@@ -130,9 +140,12 @@ def test_custom_profile_with_trigger_led(tmp_path: Path) -> None:
     ({"slug": "x", "name": "x", "arch": "amd64", "led": {"driver": "gpio"}}, "led.driver"),
     ({"slug": "x", "name": "x", "arch": "amd64", "led": {"driver": "sysfs-brightness"}},
      "led.file"),
-    ({"slug": "x", "name": "x", "arch": "amd64", "boot": {"backend": "uboot"}}, "boot.backend"),
+    ({"slug": "x", "name": "x", "arch": "amd64", "boot": {"backends": ["uboot"]}},
+     "boot.backends"),
+    ({"slug": "x", "name": "x", "arch": "amd64", "boot": {"backends": "config-txt"}},
+     "boot.backends"),
     ({"slug": "x", "name": "x", "arch": "amd64", "boot": {"backend": "config-txt"}},
-     "boot.file"),
+     "backends = "),
     ({"slug": "x", "name": "x", "arch": "amd64", "led": {"active_low": "yes"}}, "active_low"),
     ({"slug": "x", "name": "x", "arch": "amd64", "aliases": "y"}, "aliases"),
 ])
