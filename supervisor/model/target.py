@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from supervisor.errors import TargetInvalid
@@ -218,14 +218,21 @@ def _app_v3(uuid: str, raw: object, path: str) -> TargetApp:
     releases = _record(app.get("releases"), _join(path, "releases"), _release_v3,
                        what="release uuid")
     parent = app.get("parent_app")
+    is_host = _bool(app.get("is_host"), _join(path, "is_host"), False)
+    release = next(iter(releases.values()), None)  # only the first release is used
+    if is_host and release is not None:  # the OS itself is not ours to run (state.md §2.6)
+        release = replace(release, services={
+            n: s for n, s in release.services.items()
+            if s.labels.get("io.balena.image.class", "service") == "service"
+            and s.labels.get("io.balena.image.store", "data") == "data"})
     return TargetApp(
         app_id=_numeric_id(_required(app, "id", path), _join(path, "id")),
         uuid=uuid,
         name=_short_str(_required(app, "name", path), _join(path, "name")),
         app_class=app_class,
-        is_host=_bool(app.get("is_host"), _join(path, "is_host"), False),
+        is_host=is_host,
         parent_app=None if parent is None else _short_str(parent, _join(path, "parent_app")),
-        release=next(iter(releases.values()), None),  # only the first release is used
+        release=release,
     )
 
 

@@ -242,3 +242,27 @@ def mutated_targets(draw: st.DrawFn) -> tuple[Any, str]:
 def test_mutated_fixtures_only_raise_target_invalid(case: tuple[Any, str]) -> None:
     raw, uuid = case
     _check_only_target_invalid(raw, uuid)
+
+
+def _host_target(is_host: bool) -> dict[str, Any]:
+    def svc(sid: int, labels: dict[str, str]) -> dict[str, Any]:
+        return {"id": sid, "image_id": sid, "image": "reg/hostos@sha256:" + "a" * 64,
+                "environment": {}, "labels": labels}
+
+    return {LOCAL_UUID: {"name": "d", "config": {}, "apps": {"h" * 32: {
+        "id": 9, "name": "raspberrypi4-64", "class": "app", "is_host": is_host,
+        "releases": {"r" * 32: {"id": 3, "services": {
+            "hostos": svc(1, {"io.balena.image.store": "root"}),
+            "kernel-modules": svc(2, {"io.balena.image.class": "overlay"}),
+            "helper": svc(3, {"io.balena.image.store": "data"}),
+            "plain": svc(4, {}),
+        }}}}}}}
+
+
+def test_host_app_services_of_the_os_itself_are_skipped() -> None:
+    target = parse_target(_host_target(True), device_uuid=LOCAL_UUID)
+    release = target.apps["h" * 32].release
+    assert release is not None and sorted(release.services) == ["helper", "plain"]
+    # the same labels on an ordinary app mean nothing (upstream filters host apps only)
+    ordinary = parse_target(_host_target(False), device_uuid=LOCAL_UUID).apps["h" * 32]
+    assert ordinary.release is not None and len(ordinary.release.services) == 4
