@@ -15,6 +15,7 @@ from supervisor.api import views
 from supervisor.api.context import V2_SERVICE_ENDPOINT_ERROR, JournalParams
 from supervisor.api.params import ApiRequest, check_int, check_string, check_truthy, js_truthy
 from supervisor.api.streams import SlotStreamingResponse, stream_slots
+from supervisor.cloud.tags import RESERVED_PREFIXES
 from supervisor.errors import BadRequest
 
 _UNAUTHORIZED = {"status": "failed", "message": "Unauthorized"}
@@ -151,6 +152,10 @@ async def tags_patch(r: ApiRequest) -> Response:
             raise BadRequest(_BAD_TAGS)
         if _SPACE.search(key):
             raise BadRequest("Tag keys cannot contain whitespace")
+        # Not upstream's: the cloud refuses these keys, so they could never be reported.
+        for prefix in RESERVED_PREFIXES:
+            if key.startswith(prefix):
+                raise BadRequest(f"Tag keys beginning with {prefix} are reserved.")
     await r.ctx.actions.set_tags(body)
     return views.json({"status": "success"}, 202)
 

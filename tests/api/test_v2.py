@@ -343,6 +343,9 @@ def test_tags_patch(ctx: FakeContext, client: TestClient) -> None:
     (["x"], "Invalid tags body, must be an object like `{[tagKey: string]: string}`"),
     ({"a b": "c"}, "Tag keys cannot contain whitespace"),
     ({"a\tb": "c"}, "Tag keys cannot contain whitespace"),
+    # not upstream's: openBalena refuses these keys (docs/api.md "Differences from upstream")
+    ({"io.balena.x": "c"}, "Tag keys beginning with io.balena. are reserved."),
+    ({"ok": "c", "io.resin.y": "d"}, "Tag keys beginning with io.resin. are reserved."),
 ])
 def test_tags_patch_invalid(ctx: FakeContext, client: TestClient, body: Any,
                             message: str) -> None:
