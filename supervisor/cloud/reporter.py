@@ -13,6 +13,11 @@ acknowledged and sends the depth-2 diff against it:
   (read as seconds: upstream reads it as milliseconds, which amounts to ignoring it);
 * the acknowledged report is cached in SQLite with the endpoint, uuid and boot time: a
   supervisor restart sends only differences, a reboot or a new backend a full report.
+
+What openBalena accepts shapes the body (docs/fleet.md "Works against openBalena"): in local
+mode `apps` and `logs_channel` are left out (api.md §6); a release the cloud does not know (a
+commit pushed locally) is never reported, since openBalena refuses the whole PATCH with 401
+for it; `status` is cut at 50 characters; `os_variant` is sent only when `dev` or `prod`.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from typing import Any, Protocol
 
 from supervisor.cloud.http import CloudError, Requester
@@ -36,6 +41,8 @@ BUCKETS = {"cpu_usage": 20, "cpu_temp": 5, "memory_usage": 10}
 THROTTLE_S = 10.0
 METRICS_EVERY_S = 300.0
 ERROR_BASE_S = 15.0
+STATUS_MAX = 50  # characters openBalena keeps of `status`
+OS_VARIANTS = ("dev", "prod")
 
 DeviceState = dict[str, Any]
 
@@ -58,11 +65,13 @@ def update_status(services: Iterable[Mapping[str, Any]]) -> str:
     return "done"
 
 
-def apps_state(snapshot: Snapshot, aborted: Iterable[str] = ()) -> dict[str, Any]:
+def apps_state(snapshot: Snapshot, aborted: Iterable[str] = (),
+               known: Collection[str] | None = None) -> dict[str, Any]:
     """The `apps` report: every app of the target, with each release it has services of.
 
     `aborted` names release commits whose update gave up (the failure budget): they are
-    reported `aborted` whatever their services say.
+    reported `aborted` whatever their services say. With `known`, only those commits are
+    reported (`release_uuid` included): the others are not the cloud's releases.
     """
     target = snapshot.target
     if target is None:
@@ -72,11 +81,13 @@ def apps_state(snapshot: Snapshot, aborted: Iterable[str] = ()) -> dict[str, Any
     for app in target.apps.values():
         entry: dict[str, Any] = {}
         commit = snapshot.commits.get(app.app_id)
-        if commit:
+        if commit and (known is None or commit in known):
             entry["release_uuid"] = commit
         releases: dict[str, dict[str, Any]] = {}
         for view in snapshot.services:
             if view.app_id != app.app_id or not view.commit or not view.image:
+                continue
+            if known is not None and view.commit not in known:
                 continue
             service: dict[str, Any] = {"image": view.image, "status": view.status}
             if isinstance(view.download_progress, int):
@@ -93,28 +104,48 @@ def apps_state(snapshot: Snapshot, aborted: Iterable[str] = ()) -> dict[str, Any
 
 def device_state(snapshot: Snapshot, *, api_secret: str | None, os_variant: str,
                  ip_address: str, mac_address: str, metrics: Mapping[str, Any],
-                 is_undervolted: bool, status: str = "Idle",
-                 aborted: Iterable[str] = ()) -> DeviceState:
-    """The full v3 report of this device (the value under its uuid, state.md §6.2)."""
+                 is_undervolted: bool, status: str = "Idle", aborted: Iterable[str] = (),
+                 local_mode: bool = False,
+                 known: Collection[str] | None = None) -> DeviceState:
+    """The full v3 report of this device (the value under its uuid, state.md §6.2).
+
+    `local_mode`: no `apps` and no `logs_channel` (api.md §6). `known`: the commits the cloud
+    knows (see `apps_state`)."""
     device = snapshot.device
     state: DeviceState = {
         "api_port": device.api_port,
         "api_secret": api_secret,
         "os_version": device.os_version,
-        "os_variant": os_variant,
         "supervisor_version": device.supervisor_version,
         "provisioning_progress": None,
         "provisioning_state": "",
-        "status": status,
-        "logs_channel": None,
+        "status": status[:STATUS_MAX],
         "ip_address": ip_address,
         "mac_address": mac_address,
         "is_undervolted": is_undervolted,
     }
+    if os_variant in OS_VARIANTS:
+        state["os_variant"] = os_variant
     for key in METRIC_KEYS:
         state[key] = metrics.get(key)
-    state["apps"] = apps_state(snapshot, aborted)
+    if not local_mode:
+        state["logs_channel"] = None
+        state["apps"] = apps_state(snapshot, aborted, known)
     return state
+
+
+def reported_commits(report: Mapping[str, Any]) -> set[str]:
+    """The commits a report names (`release_uuid` and release keys): the ones the cloud took."""
+    found: set[str] = set()
+    apps = report.get("apps")
+    for app in (apps.values() if isinstance(apps, dict) else ()):
+        if not isinstance(app, dict):
+            continue
+        if isinstance(app.get("release_uuid"), str):
+            found.add(app["release_uuid"])
+        if isinstance(app.get("releases"), dict):
+            found.update(k for k in app["releases"] if isinstance(k, str))
+    return found
 
 
 # -- diffing -------------------------------------------------------------------------------------

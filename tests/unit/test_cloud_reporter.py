@@ -304,3 +304,38 @@ def test_an_unexpected_status_becomes_a_cloud_error() -> None:
         assert reporter.last == {}  # not acknowledged: sent again next time
 
     asyncio.run(scenario())
+
+
+# -- what openBalena accepts (docs/fleet.md "Works against openBalena") ---------------------
+
+
+def _full(snap: Snapshot, **kw: Any) -> dict[str, Any]:
+    args: dict[str, Any] = {"api_secret": "s", "os_variant": "prod", "ip_address": "10.0.0.2",
+                            "mac_address": "AA", "metrics": {}, "is_undervolted": False}
+    return device_state(snap, **{**args, **kw})
+
+
+def test_local_mode_reports_no_apps_and_no_logs_channel() -> None:
+    snap = _snapshot(_view(NEW, "Running"), commits={7: NEW})
+    managed = _full(snap)
+    assert managed["logs_channel"] is None and APP_UUID in managed["apps"]
+    local = _full(snap, local_mode=True, status="Idle", ip_address="10.0.0.3")
+    assert "apps" not in local and "logs_channel" not in local
+    assert local["status"] == "Idle" and local["ip_address"] == "10.0.0.3"
+
+
+def test_a_commit_the_cloud_does_not_know_is_never_reported() -> None:
+    snap = _snapshot(_view("10ca1c0mm17", "Running"), _view(NEW, "Downloading", 10, "web"),
+                     commits={7: "10ca1c0mm17"})
+    apps = apps_state(snap, known={NEW})
+    assert apps == {APP_UUID: {"releases": {NEW: {"update_status": "downloading", "services": {
+        "web": {"image": "reg/web:c2c2", "status": "Downloading", "download_progress": 10}}}}}}
+    assert "10ca1c0mm17" not in str(_full(snap, known={NEW}))
+
+
+def test_status_is_cut_at_50_characters_and_os_variant_is_dev_or_prod() -> None:
+    snap = _snapshot()
+    long = _full(snap, status="Update failed: " + "x" * 100)
+    assert long["status"] == "Update failed: " + "x" * 35
+    assert _full(snap, os_variant="dev")["os_variant"] == "dev"
+    assert "os_variant" not in _full(snap, os_variant="development")
