@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from supervisor.board.profiles import GENERIC_SLUG
 from supervisor.cloud.http import CloudError, Requester
 from supervisor.configjson import ConfigJson, new_uuid
 from supervisor.errors import ConfigError
@@ -46,6 +47,15 @@ class DeviceInfo:
     os_version: str
     os_variant: str
     mac_address: str
+
+
+def registration_device_type(device_type: str | None, board: str) -> str:
+    """The device type slug to register with: config.json `deviceType`, else the board profile
+    chosen with `--board`; "" when neither names one (the `generic` fallback board is not a
+    device type: the cloud refuses it, so registration refuses to send it)."""
+    if device_type:
+        return device_type
+    return "" if board == GENERIC_SLUG else board
 
 
 class ExchangeKeyError(CloudError):
@@ -109,6 +119,9 @@ async def register(client: Requester, config: ConfigJson, info: DeviceInfo, *,
         raise ConfigError(f"{config.path}: cannot register, apiKey (provisioning key) is missing")
     if app_id is None:
         raise ConfigError(f"{config.path}: cannot register, applicationId is missing")
+    if not info.device_type:
+        raise ConfigError(f"{config.path}: cannot register, deviceType is missing (the "
+                          "fleet's device type slug, e.g. raspberrypi4-64 or generic-amd64)")
     log("New device detected, provisioning")
     answer = await client.request("POST", "/device/register", key=key, body={
         "application": app_id, "uuid": uuid, "device_type": info.device_type,

@@ -25,6 +25,7 @@ from supervisor.settings import parse_address
 PROG = "balena-supervisor devcloud"
 DEFAULT_LISTEN = "127.0.0.1:48480"
 DEFAULT_DATA_DIR = ".devcloud"
+DEFAULT_DEVICE_TYPE = "generic-amd64"
 DB_FILE = "devcloud.sqlite"
 TOKEN_FILE = "admin-token"
 _TIMEOUT_S = 60.0
@@ -69,7 +70,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     fleet_cmd = fleet.add_subparsers(dest="fleet_command", metavar="ACTION", required=True)
     create = fleet_cmd.add_parser("create", help="create a fleet")
     create.add_argument("name")
-    create.add_argument("--device-type", default="generic")
+    create.add_argument("--device-type", default=DEFAULT_DEVICE_TYPE)
     create.set_defaults(handler=lambda c, a: c.call("POST", "/admin/fleets",
                                                     {"name": a.name,
                                                      "device_type": a.device_type}))
@@ -163,7 +164,7 @@ def _config_json(client: Client, args: argparse.Namespace) -> Any:
     key = client.call("POST", f"/admin/fleets/{_q(args.fleet)}/provisioning-keys")
     config: dict[str, Any] = {
         "apiEndpoint": client.base, "applicationId": key["applicationId"],
-        "apiKey": key["key"], "listenPort": args.listen_port,
+        "apiKey": key["key"], "deviceType": key["deviceType"], "listenPort": args.listen_port,
     }
     if args.poll_interval:
         config["appUpdatePollInterval"] = args.poll_interval

@@ -109,7 +109,7 @@ class Db:
 
     # -- fleets and releases ------------------------------------------------------------------
 
-    def create_fleet(self, name: str, device_type: str = "generic") -> dict[str, Any]:
+    def create_fleet(self, name: str, device_type: str = "generic-amd64") -> dict[str, Any]:
         if not name or not isinstance(name, str):
             raise BadRequest("a fleet needs a name")
         with self._lock:

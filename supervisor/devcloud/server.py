@@ -253,7 +253,7 @@ async def fleets(request: Request) -> Response:
     if request.method == "POST":
         body = await _json(request)
         fleet = await cloud.db.run(cloud.db.create_fleet, str(body.get("name") or ""),
-                                   str(body.get("device_type") or "generic"))
+                                   str(body.get("device_type") or "generic-amd64"))
         return JSONResponse(fleet, status_code=201)
     return JSONResponse(await cloud.db.run(cloud.db.fleets))
 
@@ -287,8 +287,8 @@ async def provisioning_keys(request: Request) -> Response:
     cloud.require_admin(request)
     found = await cloud.db.run(cloud.db.fleet, request.path_params["fleet"])
     key = await cloud.db.run(cloud.db.create_provisioning_key, found["id"])
-    return JSONResponse({"key": key, "applicationId": found["id"], "fleet": found["name"]},
-                        status_code=201)
+    return JSONResponse({"key": key, "applicationId": found["id"], "fleet": found["name"],
+                         "deviceType": found["device_type"]}, status_code=201)
 
 
 async def devices(request: Request) -> Response:

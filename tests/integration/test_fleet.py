@@ -132,7 +132,7 @@ class Device:
         (self.root / "led").write_text("0")
         key = cloud.client().call("POST", f"/admin/fleets/{fleet}/provisioning-keys")
         config = {"apiEndpoint": cloud.url, "applicationId": key["applicationId"],
-                  "apiKey": key["key"], "listenPort": self.port,
+                  "apiKey": key["key"], "deviceType": key["deviceType"], "listenPort": self.port,
                   "appUpdatePollInterval": POLL_MS, "bootstrapRetryDelay": 2000}
         (self.dirs["boot"] / "config.json").write_text(json.dumps(config))
 

@@ -22,6 +22,7 @@ from supervisor.cloud.provision import (
     needs_provisioning,
     provision,
     provision_once,
+    registration_device_type,
 )
 from supervisor.configjson import ConfigJson
 from supervisor.errors import ConfigError
@@ -225,3 +226,19 @@ def test_missing_application_id_is_a_config_error(
     config = _config(tmp_path, url, apiKey=PROV_KEY)
     with pytest.raises(ConfigError, match="applicationId"):
         asyncio.run(provision_once(_client(config), config, INFO))
+
+
+def test_registration_without_a_device_type_is_refused_before_any_request(
+        cloud: tuple[CloudState, str], tmp_path: Path) -> None:
+    state, url = cloud
+    config = _config(tmp_path, url, applicationId=3, apiKey=PROV_KEY)
+    no_type = DeviceInfo(device_type="", supervisor_version="19.0.5", os_version="os 1",
+                         os_variant="dev", mac_address="AA:BB")
+    with pytest.raises(ConfigError) as caught:
+        asyncio.run(provision_once(_client(config), config, no_type))
+    assert "deviceType is missing" in str(caught.value)
+    assert state.requests == [] and state.devices == {}
+    # config.json deviceType wins; a chosen board stands in; the generic fallback does not
+    assert registration_device_type("raspberrypi4-64", "generic") == "raspberrypi4-64"
+    assert registration_device_type(None, "intel-nuc") == "intel-nuc"
+    assert registration_device_type(None, "generic") == ""
