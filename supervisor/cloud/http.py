@@ -5,14 +5,18 @@ Every cloud call of the agent goes through `CloudClient.request()`: provisioning
 blocking `urllib` call runs in a worker thread (`asyncio.to_thread`), so the event loop never
 waits on the network. There are no automatic retries: callers own their backoff (state.md §5.2,
 §6.4). Environment proxies are ignored on purpose: balenaOS proxies at the OS level (redsocks).
+HTTPS trusts the system's CAs plus config.json `balenaRootCA` (`tls_context`), as the log
+stream does: a self-signed openBalena install works.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
 import gzip
 import json
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -20,12 +24,32 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from supervisor.errors import SupervisorError
+from supervisor.errors import ConfigError, SupervisorError
 
 DEFAULT_TIMEOUT_S = 59.0  # apiRequestTimeout (config.md §1.2)
 
-# No ProxyHandler: urllib would otherwise read http_proxy & co from the environment.
+# An empty ProxyHandler: urllib would otherwise read http_proxy & co from the environment.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def tls_context(root_ca_b64: str | None = None) -> ssl.SSLContext:
+    """The system's CAs, plus config.json `balenaRootCA` (base64 of a PEM bundle) when set:
+    an openBalena or development backend signed by its own CA."""
+    context = ssl.create_default_context()
+    if root_ca_b64:
+        try:
+            context.load_verify_locations(cadata=base64.b64decode(root_ca_b64).decode("ascii"))
+        except (ValueError, UnicodeDecodeError, ssl.SSLError) as err:
+            raise ConfigError(f"balenaRootCA is not a base64 PEM bundle: {err}") from err
+    return context
+
+
+def opener(context: ssl.SSLContext | None = None) -> urllib.request.OpenerDirector:
+    """A urllib opener without environment proxies, trusting `context` for HTTPS."""
+    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+    if context is not None:
+        handlers.append(urllib.request.HTTPSHandler(context=context))
+    return urllib.request.build_opener(*handlers)
 
 
 class CloudError(SupervisorError):
@@ -79,11 +103,13 @@ class CloudClient:
     """JSON requests to the API endpoint, authenticated with the device (or a given) key."""
 
     def __init__(self, endpoint: str | Callable[[], str], *, api_key: Callable[[], str],
-                 user_agent: str, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+                 user_agent: str, timeout: float = DEFAULT_TIMEOUT_S,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self._endpoint = endpoint
         self._api_key = api_key
         self.user_agent = user_agent
         self.timeout = timeout
+        self._opener = _OPENER if ssl_context is None else opener(ssl_context)
 
     @property
     def endpoint(self) -> str:
@@ -107,13 +133,14 @@ class CloudClient:
             data = json.dumps(body).encode("utf-8")
             all_headers["Content-Type"] = "application/json"
         request = urllib.request.Request(url, data=data, method=method, headers=all_headers)
-        return await asyncio.to_thread(send, request, self.timeout)
+        return await asyncio.to_thread(send, request, self.timeout, self._opener)
 
 
-def send(request: urllib.request.Request, timeout: float) -> Response:
+def send(request: urllib.request.Request, timeout: float,
+         via: urllib.request.OpenerDirector = _OPENER) -> Response:
     """Blocking: run in a worker thread. Any HTTP status is a Response."""
     try:
-        with _OPENER.open(request, timeout=timeout) as answer:
+        with via.open(request, timeout=timeout) as answer:
             return _response(answer.status, answer.headers, answer.read())
     except urllib.error.HTTPError as err:
         with err:

@@ -25,7 +25,6 @@ BALENA_LOGS_LEVEL: `none` drops its lines, `err`/`error` keeps stderr only), and
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import http.client
 import json
@@ -41,7 +40,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from supervisor.errors import ConfigError
+from supervisor.cloud.http import tls_context as tls_context  # re-exported
 from supervisor.logs import LogMessage, now_ms
 
 _LOGGER = logging.getLogger(__name__)
@@ -109,18 +108,6 @@ def backoff_delay(failures: int, timing: Timing) -> float:
 def suppressed_message(count: int) -> LogMessage:
     return LogMessage.system(f"Warning: Suppressed {count} message(s) due to high load",
                              is_stderr=True, timestamp=now_ms())
-
-
-def tls_context(root_ca_b64: str | None = None) -> ssl.SSLContext:
-    """The system's CAs, plus config.json `balenaRootCA` (base64 of a PEM bundle) when set:
-    an openBalena or development backend signed by its own CA."""
-    context = ssl.create_default_context()
-    if root_ca_b64:
-        try:
-            context.load_verify_locations(cadata=base64.b64decode(root_ca_b64).decode("ascii"))
-        except (ValueError, UnicodeDecodeError, ssl.SSLError) as err:
-            raise ConfigError(f"balenaRootCA is not a base64 PEM bundle: {err}") from err
-    return context
 
 
 def chunk(data: bytes) -> bytes:

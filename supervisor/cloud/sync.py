@@ -17,20 +17,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from supervisor import COMPAT_VERSION, system
+from supervisor.cloud.cloudlogs import CloudLogs
 from supervisor.cloud.failures import FailureBudget, config_var, limit_from, target_hash
-from supervisor.cloud.http import CloudClient
+from supervisor.cloud.http import CloudClient, tls_context
 from supervisor.cloud.poller import Poller
-from supervisor.cloud.provision import DeviceInfo, provision
-from supervisor.cloud.reporter import DeviceState, Reporter, device_state
+from supervisor.cloud.provision import DeviceInfo, provision, registration_device_type
+from supervisor.cloud.reporter import DeviceState, Reporter, device_state, reported_commits
 from supervisor.cloud.tags import TagReporter
-from supervisor.errors import TargetInvalid
+from supervisor.errors import ConfigError, TargetInvalid
 from supervisor.model.config_vars import DeviceConfig
 from supervisor.model.target import TargetState, parse_target, to_v3
 
@@ -56,8 +59,11 @@ class CloudSync:
         self._config = cfg
         self.provisioned = asyncio.Event()
         self._os: dict[str, str] = {}  # /etc/os-release, read when run() starts
+        tls = _tls(cfg.get("balenaRootCA"))
         self.client = CloudClient(lambda: cfg.api_endpoint, api_key=lambda: cfg.device_api_key,
-                                  user_agent=self._user_agent())
+                                  user_agent=self._user_agent(), ssl_context=tls)
+        self.logs = CloudLogs(runtime.logs, target=lambda: runtime.target,
+                              local_mode=lambda: runtime.local_mode, ssl_context=tls)
         self.poller = Poller(client=self.client, uuid=lambda: cfg.uuid, sink=self,
                              interval_ms=self.poll_interval_ms,
                              instant_updates=self.instant_updates, clock=clock, sleep=sleep,
@@ -90,10 +96,18 @@ class CloudSync:
         await self.budget.set_target(self._current_hash())
         if self.budget.exhausted:  # given up on before the restart: still given up on
             self._hold(self.budget.reason or "")
-        async with asyncio.TaskGroup() as group:
-            for name, job in (("cloud-poll", self.poller.run), ("cloud-report", self.reporter.run),
-                              ("cloud-tags", self.tags.run), ("cloud-watch", self._watch)):
-                group.create_task(self._guard(name, job), name=name)
+        cfg = self._config
+        logs = functools.partial(self.logs.run, cfg.logs_endpoint or cfg.api_endpoint, cfg.uuid,
+                                 cfg.device_api_key)
+        try:
+            async with asyncio.TaskGroup() as group:
+                for name, job in (("cloud-poll", self.poller.run),
+                                  ("cloud-report", self.reporter.run),
+                                  ("cloud-tags", self.tags.run), ("cloud-watch", self._watch),
+                                  ("cloud-logs", logs)):
+                    group.create_task(self._guard(name, job), name=name)
+        finally:
+            await self.logs.close()
 
     def poll_now(self, force: bool = False, cancel: bool = False) -> None:
         """`POST /v1/update`: fetch the target now (a 304 re-applies with force/cancel)."""
@@ -172,13 +186,23 @@ class CloudSync:
         status = "Idle"
         aborted: tuple[str, ...] = ()
         if self.budget.exhausted:
-            status = f"Update failed: {self.budget.reason or 'unknown error'}"[:255]
+            status = f"Update failed: {self.budget.reason or 'unknown error'}"
             aborted = self._pending_commits()
         return device_state(
             snapshot, api_secret=self._global_key(), os_variant=self._os_variant(),
             ip_address=self._net[1], mac_address=self._net[2], metrics=metrics,
             is_undervolted=self._undervolt[1], status=status, aborted=aborted,
+            local_mode=rt.local_mode, known=self._known_commits(),
         )
+
+    def _known_commits(self) -> set[str]:
+        """Commits the cloud knows: its target's, and those it already took in a report."""
+        target = self._rt.target if not self._rt.local_mode else None
+        known = reported_commits(self.reporter.last)
+        for app in (target.apps.values() if target is not None else ()):
+            if app.release is not None:
+                known.add(app.release.commit)
+        return known
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -244,8 +268,10 @@ class CloudSync:
         return None
 
     def _os_variant(self) -> str:
+        """`dev` or `prod` (openBalena drops anything else): os-release VARIANT_ID when it is
+        one of them, else config.json `developmentMode`."""
         variant = self._os.get("VARIANT_ID")
-        if variant:
+        if variant in ("dev", "prod"):
             return variant
         return "dev" if self._config.development_mode else "prod"
 
@@ -257,7 +283,7 @@ class CloudSync:
         rt = self._rt
         macs = await asyncio.to_thread(system.mac_addresses)
         return DeviceInfo(
-            device_type=rt.settings.device_type or rt.board.slug,
+            device_type=registration_device_type(rt.settings.device_type, rt.board.slug),
             supervisor_version=COMPAT_VERSION,
             os_version=self._os.get("PRETTY_NAME", "unknown"),
             os_variant=self._os_variant(),
@@ -280,6 +306,17 @@ class CloudSync:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _tls(root_ca: object) -> ssl.SSLContext | None:
+    """The TLS context of every cloud call: the system's CAs plus config.json `balenaRootCA`."""
+    if not root_ca:
+        return None
+    try:
+        return tls_context(str(root_ca))
+    except ConfigError as err:
+        _LOGGER.error("%s: using the system's CAs only", err)
+        return None
 
 
 def _os_release(path: Path = OS_RELEASE) -> dict[str, str]:

@@ -59,6 +59,7 @@ class FakeRuntime:
         self.store = store
         self.reconciler = FakeReconciler()
         self.target: TargetState | None = None
+        self.local_mode = False
         self.logs: list[str] = []
         self.set_targets: list[tuple[TargetState, str, bool]] = []
         self.snapshot = Snapshot(seq=1, device=DeviceView(
@@ -157,5 +158,46 @@ def test_repeated_apply_failures_exhaust_the_budget_and_show_in_the_report(
             assert report["status"] == "Idle"
             assert report["apps"][APP]["releases"][COMMIT]["update_status"] == "downloaded"
             watcher.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_the_report_names_only_cloud_releases_and_no_apps_in_local_mode(
+        tmp_path: Path) -> None:
+    local_commit = "10ca1" * 6
+
+    async def scenario() -> None:
+        async with await AsyncStore.open(tmp_path / "db.sqlite") as store:
+            sync, runtime = _sync(tmp_path, store)
+            runtime.target = parse_target(_body(), device_uuid=UUID)
+
+            def running(*commits: str) -> tuple[ServiceView, ...]:
+                return tuple(ServiceView(app_id=7, app_uuid=APP, app_name="app",
+                                         service_name=f"s{n}", service_id=1, image_id=1,
+                                         release_id=1, commit=c, image="reg/app:1",
+                                         status="Running") for n, c in enumerate(commits))
+
+            # left over from local mode, same app id: not a release the cloud knows
+            runtime.snapshot = Snapshot(seq=2, device=runtime.snapshot.device,
+                                        target=runtime.target,
+                                        services=running(local_commit, COMMIT),
+                                        commits={7: local_commit})
+            report = await sync.collect()
+            assert list(report["apps"][APP]["releases"]) == [COMMIT]
+            assert "release_uuid" not in report["apps"][APP]
+            # a release the cloud took in an earlier report stays reportable
+            old = "0d" * 16
+            sync.reporter.last = {"apps": {APP: {"release_uuid": old}}}
+            runtime.snapshot = Snapshot(seq=3, device=runtime.snapshot.device,
+                                        target=runtime.target, services=running(old, COMMIT),
+                                        commits={7: old})
+            report = await sync.collect()
+            assert sorted(report["apps"][APP]["releases"]) == sorted([old, COMMIT])
+            assert report["apps"][APP]["release_uuid"] == old
+
+            runtime.local_mode = True
+            report = await sync.collect()
+            assert "apps" not in report and "logs_channel" not in report
+            assert report["status"] == "Idle" and "ip_address" in report
 
     asyncio.run(scenario())
