@@ -142,7 +142,9 @@ def _cmd_status(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     if key:
         request.add_header("Authorization", f"Bearer {key}")
     try:
-        with urllib.request.urlopen(request, timeout=_STATUS_TIMEOUT_S) as response:
+        # The local API directly: an http_proxy of the environment must never see the key.
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with direct.open(request, timeout=_STATUS_TIMEOUT_S) as response:
             body = response.read().decode("utf-8", "replace")
     except urllib.error.HTTPError as err:
         detail = err.read().decode("utf-8", "replace").strip()

@@ -43,6 +43,7 @@ from supervisor.host.hostconfig import secret_host_files
 from supervisor.lifecycle import Key, Lifecycles, phase_from_container
 from supervisor.locks import UpdateLocks, container_path
 from supervisor.logs import LogHub
+from supervisor.logsafe import EscapingFormatter
 from supervisor.model.current import (
     Current,
     DeviceView,
@@ -497,7 +498,8 @@ class Runtime:
         from supervisor.api.streams import stream_endpoints
 
         api = RuntimeApi(self)
-        app = build_app(api, extra=stream_endpoints(api))
+        app = build_app(api, extra=stream_endpoints(api),
+                        scoped_keys_own_apps=self.settings.scoped_keys == "own-apps")
         server = _Server(server_config(app, self.settings.listen_host, self.settings.listen_port))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -587,8 +589,10 @@ def _setup_logging(level: str) -> logging.handlers.QueueListener:
     console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     listener = logging.handlers.QueueListener(records, console)
+    handler = logging.handlers.QueueHandler(records)
+    handler.setFormatter(EscapingFormatter())  # a request cannot forge lines (logsafe.py)
     root = logging.getLogger()
-    root.handlers[:] = [logging.handlers.QueueHandler(records)]
+    root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
     # transitions logs every callback at INFO and warns about our declared trigger stubs
     logging.getLogger("transitions").setLevel(logging.ERROR)

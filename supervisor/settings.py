@@ -26,6 +26,8 @@ HostActions = Literal["systemd", "dry-run", "auto"]
 HOST_ACTIONS: tuple[HostActions, ...] = ("systemd", "dry-run", "auto")
 FirewallSetting = Literal["apply", "dry-run", "auto"]
 FIREWALL: tuple[FirewallSetting, ...] = ("apply", "dry-run", "auto")
+ScopedKeys = Literal["any-endpoint", "own-apps"]
+SCOPED_KEYS: tuple[ScopedKeys, ...] = ("any-endpoint", "own-apps")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 DB_FILENAME = "database.sqlite"
 DEFAULT_STATUS_ADDRESS = "127.0.0.1:48484"
@@ -70,6 +72,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("firewall", "--firewall", "SUPERVISOR_FIREWALL", "auto",
            "firewall rules: apply, dry-run (log the ruleset only), or auto (apply when "
            "iptables-restore exists and we are root)", "MODE"),
+    Option("scoped_keys", "--scoped-keys", "SUPERVISOR_SCOPED_KEYS", "any-endpoint",
+           "what a service's scoped API key may call: any-endpoint (upstream: reboot, update, "
+           "host-config... too) or own-apps (only its own apps' endpoints; docs/security.md)",
+           "POLICY"),
     Option("local_target", "--local-target", "SUPERVISOR_LOCAL_TARGET", "none",
            "target state file applied at start (local mode)", "FILE"),
     Option("blink_seconds", "--blink-seconds", "SUPERVISOR_BLINK_SECONDS", "15",
@@ -103,6 +109,7 @@ class Settings:
     led_file: Path | None  # None: use the board profile's LED
     host_actions: HostActions  # "auto" is probed by the host package, not here
     firewall: FirewallSetting  # "auto" is decided by host/firewall.py, not here
+    scoped_keys: ScopedKeys
     local_target: Path | None
     blink_seconds: float
     log_level: str
@@ -145,6 +152,7 @@ def load_settings(
     poll_ms = _positive_int(poll) if poll else None
     host_actions = _host_actions(src.get("host_actions"))
     firewall = _firewall(src.get("firewall"))
+    scoped_keys = _scoped_keys(src.get("scoped_keys"))
     blink_seconds = _blink_seconds(src.get("blink_seconds"))
     log_level = _log_level(src.get("log_level"))
 
@@ -171,6 +179,7 @@ def load_settings(
         led_file=_path(src.get("led_file")),
         host_actions=host_actions,
         firewall=firewall,
+        scoped_keys=scoped_keys,
         local_target=_path(src.get("local_target")),
         blink_seconds=blink_seconds,
         log_level=log_level,
@@ -262,6 +271,17 @@ def _host_actions(found: tuple[str, str] | None) -> HostActions:
             f"(expected one of {', '.join(HOST_ACTIONS)})"
         )
     return cast(HostActions, lowered)
+
+
+def _scoped_keys(found: tuple[str, str] | None) -> ScopedKeys:
+    if found is None:
+        return "any-endpoint"
+    value, source = found
+    lowered = value.strip().lower()
+    if lowered not in SCOPED_KEYS:
+        raise ConfigError(f"{source}: unknown scoped key policy {value!r} "
+                          f"(expected one of {', '.join(SCOPED_KEYS)})")
+    return cast(ScopedKeys, lowered)
 
 
 def _firewall(found: tuple[str, str] | None) -> FirewallSetting:

@@ -63,6 +63,9 @@ class Endpoint:
     style: ErrorStyle = ErrorStyle.DEFAULT
     auth: bool = True
     parse_body: bool = True
+    # A scoped key restricted to its own apps (`--scoped-keys own-apps`) may call it: the
+    # app-specific routes, the views filtered by scope, the version, its own regeneration.
+    own_apps: bool = False
     doc: Mapping[str, Any] | None = field(default=None, compare=False)
 
 
@@ -76,34 +79,37 @@ OPEN_ENDPOINTS: tuple[Endpoint, ...] = (
 )
 V1_ENDPOINTS: tuple[Endpoint, ...] = (
     E("POST", "/v1/blink", v1.blink, parse_body=False),
-    E("POST", "/v1/regenerate-api-key", v1.regenerate_api_key, parse_body=False),
-    E("POST", "/v1/restart", v1.restart),
-    E("POST", "/v1/apps/{appId}/stop", v1.app_stop, S.LEGACY),
-    E("POST", "/v1/apps/{appId}/start", v1.app_start, S.LEGACY),
+    E("POST", "/v1/regenerate-api-key", v1.regenerate_api_key, parse_body=False, own_apps=True),
+    E("POST", "/v1/restart", v1.restart, own_apps=True),
+    E("POST", "/v1/apps/{appId}/stop", v1.app_stop, S.LEGACY, own_apps=True),
+    E("POST", "/v1/apps/{appId}/start", v1.app_start, S.LEGACY, own_apps=True),
     E("POST", "/v1/reboot", v1.reboot, S.GO),
     E("POST", "/v1/shutdown", v1.shutdown, S.GO),
-    E("GET", "/v1/apps/{appId}", v1.app_get, S.LEGACY),
-    E("POST", "/v1/purge", v1.purge),
+    E("GET", "/v1/apps/{appId}", v1.app_get, S.LEGACY, own_apps=True),
+    E("POST", "/v1/purge", v1.purge, own_apps=True),
     E("POST", "/v1/update", v1.update),
     E("GET", "/v1/device/host-config", v1.host_config_get),
     E("PATCH", "/v1/device/host-config", v1.host_config_patch, S.HOST_CONFIG),
     E("GET", "/v1/device", v1.device),
 )
 V2_ENDPOINTS: tuple[Endpoint, ...] = (
-    E("POST", "/v2/applications/{appId}/restart-service", v2.restart_service, S.LEGACY),
-    E("POST", "/v2/applications/{appId}/stop-service", v2.stop_service, S.LEGACY),
-    E("POST", "/v2/applications/{appId}/start-service", v2.start_service, S.LEGACY),
-    E("POST", "/v2/applications/{appId}/purge", v2.purge),
-    E("POST", "/v2/applications/{appId}/restart", v2.restart),
-    E("GET", "/v2/applications/state", v2.applications_state),
-    E("GET", "/v2/applications/{appId}/state", v2.application_state, S.V2_500),
+    E("POST", "/v2/applications/{appId}/restart-service", v2.restart_service, S.LEGACY,
+      own_apps=True),
+    E("POST", "/v2/applications/{appId}/stop-service", v2.stop_service, S.LEGACY,
+      own_apps=True),
+    E("POST", "/v2/applications/{appId}/start-service", v2.start_service, S.LEGACY,
+      own_apps=True),
+    E("POST", "/v2/applications/{appId}/purge", v2.purge, own_apps=True),
+    E("POST", "/v2/applications/{appId}/restart", v2.restart, own_apps=True),
+    E("GET", "/v2/applications/state", v2.applications_state, own_apps=True),
+    E("GET", "/v2/applications/{appId}/state", v2.application_state, S.V2_500, own_apps=True),
     E("GET", "/v2/local/target-state", v2.local_target_get),
     E("POST", "/v2/local/target-state", v2.local_target_post, S.LOCAL_TARGET),
     E("GET", "/v2/local/device-info", v2.device_info, S.V2_500),
     # GET /v2/local/logs is added by the runtime through `build_app(extra=...)`.
-    E("GET", "/v2/version", v2.version),
-    E("GET", "/v2/containerId", v2.container_id),
-    E("GET", "/v2/state/status", v2.state_status),
+    E("GET", "/v2/version", v2.version, own_apps=True),
+    E("GET", "/v2/containerId", v2.container_id, own_apps=True),
+    E("GET", "/v2/state/status", v2.state_status, own_apps=True),
     E("GET", "/v2/device/name", v2.device_name),
     E("GET", "/v2/device/tags", v2.tags_get, S.V2_500),
     E("PATCH", "/v2/device/tags", v2.tags_patch, S.TAGS),
@@ -293,9 +299,12 @@ def endpoints(extra: Sequence[Endpoint] = ()) -> tuple[Endpoint, ...]:
     return (*OPEN_ENDPOINTS, *V1_ENDPOINTS, *V2_ENDPOINTS, *extra)
 
 
-def build_app(ctx: ApiContext, *, extra: Sequence[Endpoint] = ()) -> Starlette:
+def build_app(ctx: ApiContext, *, extra: Sequence[Endpoint] = (),
+              scoped_keys_own_apps: bool = False) -> Starlette:
     """The device API. `extra` adds routes owned elsewhere (e.g. `GET /v2/local/logs`,
-    `GET /v2/events`): they get auth, body parsing and error mapping like built-in ones."""
+    `GET /v2/events`): they get auth, body parsing and error mapping like built-in ones.
+    `scoped_keys_own_apps` (`--scoped-keys own-apps`) refuses scoped keys everywhere but
+    on `own_apps` routes; by default a scoped key may call any route, as upstream."""
     cache = views.ViewCache()
     version = version_string()
     table = endpoints(extra)
@@ -313,13 +322,21 @@ def build_app(ctx: ApiContext, *, extra: Sequence[Endpoint] = ()) -> Starlette:
     def is_open(method: str, path: str) -> bool:
         return method in ("GET", "HEAD") and normalise_path(path) in open_paths
 
+    own_apps_routes = [route for route, ep in zip(routes[1:], table, strict=True)
+                       if ep.own_apps]
+
+    def scoped_may(method: str, path: str) -> bool:
+        return any(route.path_regex.match(path) and method in (route.methods or ())
+                   for route in own_apps_routes)
+
     not_found = _not_found_handler(routes)
     app = Starlette(
         routes=routes,
         middleware=[
             Middleware(RequestLogMiddleware),
             Middleware(SafetyNetMiddleware),
-            Middleware(AuthMiddleware, ctx=ctx, is_open=is_open),
+            Middleware(AuthMiddleware, ctx=ctx, is_open=is_open,
+                       scoped_may=scoped_may if scoped_keys_own_apps else None),
         ],
         exception_handlers={404: not_found, 405: not_found},
     )

@@ -3,7 +3,8 @@
 `AuthMiddleware` runs before every route except the open ones (`GET /v1/healthy`, `GET /ping`,
 `GET /openapi.json`). It stores an `Auth` in the ASGI scope's state; handlers ask it
 `is_scoped(app_id)` on app-specific endpoints. Lookups are in memory (`ApiContext.lookup_key`),
-so authentication never leaves the event loop.
+so authentication never leaves the event loop. With `--scoped-keys own-apps`, it also
+refuses a scoped key on every route that is not about its own apps (docs/security.md).
 """
 
 from __future__ import annotations
@@ -104,10 +105,13 @@ class AuthMiddleware:
     """Pure ASGI: 401 `Unauthorized` (text/plain) unless the request carries a known key."""
 
     def __init__(self, app: ASGIApp, ctx: ApiContext,
-                 is_open: Callable[[str, str], bool]) -> None:
+                 is_open: Callable[[str, str], bool],
+                 scoped_may: Callable[[str, str], bool] | None = None) -> None:
         self.app = app
         self.ctx = ctx
         self.is_open = is_open
+        # None: a scoped key may call any route (upstream); else the routes it may call
+        self.scoped_may = scoped_may
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -130,7 +134,8 @@ class AuthMiddleware:
             _LOGGER.exception("API key lookup failed")
             await _send_text(send, 503, f"Unexpected error: {err}", "text/html; charset=utf-8")
             return
-        if auth is None:
+        if auth is None or (auth.apps is not None and self.scoped_may is not None
+                            and not self.scoped_may(scope["method"], scope["path"])):
             await _send_text(send, 401, "Unauthorized", "text/plain; charset=utf-8")
             return
         state["auth"] = auth

@@ -1,10 +1,12 @@
 """A real supervisor process: secrets left world-readable by an older version are private
-once it has started, and a lock root it does not own is refused."""
+once it has started, a lock root it does not own is refused, and a request cannot forge
+lines of its log."""
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 from pathlib import Path
 from typing import Any
@@ -62,3 +64,18 @@ def test_a_lock_root_we_do_not_own_is_refused(tmp_path: Path) -> None:
         assert expected in proc.log()
         assert "--locks-dir" in proc.log()
         proc.stop()
+
+
+def test_a_request_cannot_forge_log_lines(sup: Any) -> None:
+    proc = sup()
+    forged = "2026-12-07 11:00:00,000 INFO supervisor.api: forged"
+    path = "/v1/%0A" + forged.replace(" ", "%20") + "%0D%1B[31m"
+    with socket.create_connection(("127.0.0.1", proc.port), timeout=30) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: device\r\nContent-Length: 0\r\n\r\n"
+                     .encode())
+        assert sock.recv(65536).startswith(b"HTTP/1.1 404 ")
+    escaped = "POST /v1/\\n" + forged + "\\r\\x1b[31m 404"
+    proc.wait_for(lambda: escaped in proc.log(tail=None), what="the escaped request log line")
+    log = proc.log(tail=None)
+    assert not any(line.startswith(forged) for line in log.splitlines())
+    assert "\x1b" not in log and "\r" not in log

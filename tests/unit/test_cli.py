@@ -184,3 +184,43 @@ def test_status_reports_an_unreachable_supervisor(
     argv = ["status", "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path)]
     assert main(argv) == 1
     assert "cannot reach" in capsys.readouterr().err
+
+
+class ProxyHandler(BaseHTTPRequestHandler):
+    """A proxy that would see the key: it records what it gets and answers 502."""
+
+    seen: list[tuple[str, str | None]] = []
+
+    def do_GET(self) -> None:
+        ProxyHandler.seen.append((self.path, self.headers.get("Authorization")))
+        self.send_response(502)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_status_never_goes_through_an_http_proxy(
+    tmp_path: Path, status_server: int, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ProxyHandler.seen = []
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), ProxyHandler)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        for name in ("no_proxy", "NO_PROXY"):
+            monkeypatch.delenv(name, raising=False)
+        for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+            monkeypatch.setenv(name, f"http://127.0.0.1:{proxy.server_address[1]}")
+        key = read_global_api_key(tmp_path / "database.sqlite")
+        argv = ["status", "--listen", f"127.0.0.1:{status_server}", "--data-dir", str(tmp_path)]
+        assert main(argv) == 0
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+        thread.join()
+    assert ProxyHandler.seen == []  # the key never reached the proxy
+    assert StatusHandler.seen == [("/v2/state/status", f"Bearer {key}")]
+    assert "applied" in capsys.readouterr().out

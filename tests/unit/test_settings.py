@@ -85,6 +85,7 @@ PRECEDENCE = [
     ("led_file", "/f/led", "/e/led", "led_file", Path("/f/led"), Path("/e/led")),
     ("host_actions", "systemd", "dry-run", "host_actions", "systemd", "dry-run"),
     ("firewall", "apply", "DRY-RUN", "firewall", "apply", "dry-run"),
+    ("scoped_keys", "any-endpoint", "OWN-APPS", "scoped_keys", "any-endpoint", "own-apps"),
     ("local_target", "/f/t.json", "/e/t.json", "local_target", Path("/f/t.json"),
      Path("/e/t.json")),
     ("blink_seconds", "0.5", "2", "blink_seconds", 0.5, 2.0),
