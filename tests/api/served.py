@@ -88,7 +88,9 @@ def main() -> None:
     parser.add_argument("--header-timeout", type=float, default=None)
     parser.add_argument("--request-timeout", type=float, default=None)
     args = parser.parse_args()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP as uvicorn binds its own: asyncio sets TCP_NODELAY only then (else Nagle
+    # and delayed ACKs add 40 ms to small answers, which the real server never has)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     timeouts = {k: v for k, v in (("header_timeout", args.header_timeout),
