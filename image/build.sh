@@ -60,16 +60,19 @@ stage() { log "[$((SECONDS - T0))s] $*"; }
 # ------------------------------------------------------------------ host tools
 
 # command -> Debian package; missing ones are installed (a fresh Debian 12 needs them all).
+# QEMU and OVMF are not needed to build, only to boot it (vm.py), but make qemu-test builds first.
 host_tools() {
 	local -A pkg=(
 		[debootstrap]=debootstrap [mcopy]=mtools [mkfs.vfat]=dosfstools [sfdisk]=fdisk
 		[mkfs.ext4]=e2fsprogs [grub-mkimage]=grub-common [zstd]=zstd [dockerd]=docker.io
-		[unshare]=util-linux
+		[unshare]=util-linux [qemu-system-x86_64]=qemu-system-x86
 	)
 	local missing=() c
 	for c in "${!pkg[@]}"; do command -v "$c" >/dev/null || missing+=("${pkg[$c]}"); done
 	[[ -d /usr/lib/grub/i386-pc ]] || missing+=(grub-pc-bin)
 	[[ -d /usr/lib/grub/x86_64-efi ]] || missing+=(grub-efi-amd64-bin)
+	# what image/vm.py boots it with (make qemu-up, make qemu-test): QEMU and its UEFI firmware
+	[[ -f /usr/share/OVMF/OVMF_CODE.fd ]] || missing+=(ovmf)
 	if ((${#missing[@]})); then
 		log "installing host packages: ${missing[*]}"
 		apt-get update -q </dev/null >&2
