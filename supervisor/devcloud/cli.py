@@ -1,8 +1,10 @@
 """`balena-supervisor devcloud`: run the development fleet server, or talk to a running one.
 
 Without a command it serves (`--listen`, `--data-dir`); with one it is a client of the server
-at `--listen` over HTTP, authenticated with the admin token (`--token`, `DEVCLOUD_TOKEN`, else
-the `admin-token` file the server wrote in `--data-dir`). See docs/fleet.md.
+at `--listen` over HTTP, authenticated with the admin token (the `DEVCLOUD_TOKEN` variable,
+else `--token-file`, else the `admin-token` file the server wrote in `--data-dir`). A token is
+never taken on the command line, where every user of the machine can read it (`ps`). See
+docs/fleet.md.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 from urllib.parse import quote
 
 from supervisor.errors import ConfigError, SupervisorError
+from supervisor.fsperm import secure_file
 from supervisor.settings import parse_address
 
 PROG = "balena-supervisor devcloud"
@@ -42,7 +45,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         return exit_.code if isinstance(exit_.code, int) else 2
     try:
         if args.command is None:
-            return serve(args)
+            return serve(args, env)
         result = args.handler(Client.from_args(args, env), args)
     except SupervisorError as err:
         print(f"{PROG}: {err}", file=sys.stderr)
@@ -55,15 +58,19 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 
 
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="A development fleet server.")
+    # allow_abbrev=False: `--token` must not pass as an abbreviation of --token-file
+    parser = argparse.ArgumentParser(prog=PROG, description="A development fleet server.",
+                                     allow_abbrev=False)
     parser.add_argument("--listen", default=env.get("DEVCLOUD_LISTEN", DEFAULT_LISTEN),
                         metavar="HOST:PORT", help="server address (env DEVCLOUD_LISTEN; "
                         f"default {DEFAULT_LISTEN})")
     parser.add_argument("--data-dir", default=env.get("DEVCLOUD_DATA_DIR", DEFAULT_DATA_DIR),
                         metavar="DIR", help="database and admin-token (env DEVCLOUD_DATA_DIR; "
                         f"default {DEFAULT_DATA_DIR})")
-    parser.add_argument("--token", default=env.get("DEVCLOUD_TOKEN"),
-                        help="admin token (env DEVCLOUD_TOKEN; default <data-dir>/admin-token)")
+    parser.add_argument("--token-file", default=env.get("DEVCLOUD_TOKEN_FILE"), metavar="FILE",
+                        help="file holding the admin token (env DEVCLOUD_TOKEN_FILE; the token "
+                        "itself may be given in env DEVCLOUD_TOKEN; default "
+                        "<data-dir>/admin-token)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     fleet = commands.add_parser("fleet", help="create or list fleets")
@@ -214,7 +221,22 @@ def _read_json(path: str) -> Any:
 # ---------------------------------------------------------------------------- server
 
 
-def serve(args: argparse.Namespace) -> int:
+def given_token(args: argparse.Namespace, env: Mapping[str, str]) -> str | None:
+    """The admin token from DEVCLOUD_TOKEN, else from --token-file; None if neither."""
+    if env.get("DEVCLOUD_TOKEN"):
+        return env["DEVCLOUD_TOKEN"].strip()
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text().strip()
+        except OSError as err:
+            raise ConfigError(f"--token-file {args.token_file}: {err.strerror}") from err
+        if not token:
+            raise ConfigError(f"--token-file {args.token_file}: the file is empty")
+        return token
+    return None
+
+
+def serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     import uvicorn
 
     from supervisor.devcloud.db import Db
@@ -222,14 +244,13 @@ def serve(args: argparse.Namespace) -> int:
 
     host, port = parse_address(args.listen, "--listen", default_host="127.0.0.1")
     data_dir = Path(args.data_dir).absolute()
-    data_dir.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    db = Db(data_dir / DB_FILE)
-    token = args.token or db.admin_token()
+    db = Db(data_dir / DB_FILE)  # creates data_dir 0700
+    token = given_token(args, env) or db.admin_token()
     token_file = data_dir / TOKEN_FILE
+    secure_file(token_file, create=True)  # 0600 before the token is in it
     token_file.write_text(token + "\n")
-    token_file.chmod(0o600)
     print(f"devcloud: http://{host}:{port} (data {data_dir}, admin token in {token_file})",
           file=sys.stderr, flush=True)
     try:
@@ -252,15 +273,15 @@ class Client:
     def from_args(cls, args: argparse.Namespace, env: Mapping[str, str]) -> Client:
         host, port = parse_address(args.listen, "--listen", default_host="127.0.0.1")
         host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        token = args.token
+        token = given_token(args, env)
         if not token:
             token_file = Path(args.data_dir) / TOKEN_FILE
             try:
                 token = token_file.read_text().strip()
             except OSError as err:
-                raise ConfigError(f"no admin token: give --token or DEVCLOUD_TOKEN, or the "
-                                  f"--data-dir of the server ({token_file}: {err.strerror})"
-                                  ) from err
+                raise ConfigError(f"no admin token: set DEVCLOUD_TOKEN, give --token-file, or "
+                                  f"the --data-dir of the server ({token_file}: "
+                                  f"{err.strerror})") from err
         shown = f"[{host}]" if ":" in host else host
         return cls(f"http://{shown}:{port}", token)
 

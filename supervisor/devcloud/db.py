@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hmac
 import json
 import sqlite3
 import threading
@@ -21,6 +22,7 @@ from typing import Any, Literal, ParamSpec, TypeVar
 
 from supervisor.devcloud.targets import build_target, device_name, etag_of, normalise_release
 from supervisor.errors import BadRequest, Conflict, NotFound
+from supervisor.fsperm import private_dir, secure_file
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -60,6 +62,17 @@ def new_key() -> str:
     return uuidlib.uuid4().hex
 
 
+def _matching(rows: list[dict[str, Any]], column: str, key: str) -> dict[str, Any] | None:
+    """The row whose `column` is `key`, compared in constant time over every row (a dev
+    server has a handful): neither SQL's `=` nor the index tells how close a guess was."""
+    wanted = key.encode()
+    found = None
+    for row in rows:
+        if hmac.compare_digest(str(row[column] or "").encode(), wanted):
+            found = row
+    return found
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat()
 
@@ -67,7 +80,9 @@ def _now() -> str:
 class Db:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # device and provisioning keys, in clear: 0600 in a 0700 directory, as the agent's
+        private_dir(self.path.parent)
+        secure_file(self.path, create=True)
         self._lock = threading.RLock()
         self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._conn.row_factory = sqlite3.Row
@@ -197,7 +212,8 @@ class Db:
         return key
 
     def fleet_of_provisioning_key(self, key: str) -> int | None:
-        row = self._one("SELECT fleet_id FROM provisioning_key WHERE key = ?", (key,))
+        rows = self._all("SELECT key, fleet_id FROM provisioning_key") if key else []
+        row = _matching(rows, "key", key)
         return int(row["fleet_id"]) if row else None
 
     # -- devices -----------------------------------------------------------------------------
@@ -224,7 +240,7 @@ class Db:
         return self._device_view(row)
 
     def device_by_key(self, api_key: str) -> dict[str, Any] | None:
-        row = self._one("SELECT * FROM device WHERE api_key = ?", (api_key,)) \
+        row = _matching(self._all("SELECT * FROM device"), "api_key", api_key) \
             if api_key else None
         return self._device_view(row) if row else None
 

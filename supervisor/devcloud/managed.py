@@ -109,19 +109,8 @@ async def ingest(body: AsyncIterator[bytes], *, gzipped: bool, names: Mapping[in
             raise BadRequest(f"a log line is longer than {MAX_LINE} bytes")
         return complete
 
-    async for chunk in body:
-        texts: list[bytes] = []
-        if inflate is None:
-            texts = lines_of(chunk)
-        else:
-            data = chunk
-            while data:
-                try:
-                    out = inflate.decompress(data, _STEP)
-                except zlib.error as err:
-                    raise BadRequest(f"the log stream is not valid gzip: {err}") from err
-                texts.extend(lines_of(out))
-                data = inflate.unconsumed_tail
+    def take(texts: list[bytes]) -> None:
+        nonlocal rejected
         batch = []
         for text in texts:
             if not text.strip():
@@ -136,6 +125,23 @@ async def ingest(body: AsyncIterator[bytes], *, gzipped: bool, names: Mapping[in
                 batch.append(entry)
         if batch:
             sink(batch)
+
+    async for chunk in body:
+        if inflate is None:
+            take(lines_of(chunk))
+            continue
+        data = chunk
+        while data:
+            # One bounded step at a time, its lines handled before the next: a small chunk
+            # that inflates to gigabytes never is in memory at once, nor holds the loop.
+            try:
+                out = inflate.decompress(data, _STEP)
+            except zlib.error as err:
+                raise BadRequest(f"the log stream is not valid gzip: {err}") from err
+            take(lines_of(out))
+            data = inflate.unconsumed_tail
+            if data:
+                await asyncio.sleep(0)
     return rejected
 
 

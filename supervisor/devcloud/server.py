@@ -14,13 +14,16 @@ Proxy (admin token): POST /supervisor/<path>  (see proxy.py)
 Admin (admin token): /admin/fleets..., /admin/devices..., and GET /devices/<uuid>/logs
 (NDJSON; `?follow=1` streams new lines, `?count=N`); every change
 that alters targets notifies the affected devices with `POST /v1/update`.
+
+Every route checks its caller (admin token, provisioning key or device key) before it reads a
+body; bodies are counted while they stream in (10 MB at most, a 413 past it) and parsed with
+the device API's bounded JSON parser; keys are compared in constant time (docs/security.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -31,9 +34,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from supervisor.api.params import parse_json, read_limited
 from supervisor.devcloud import managed, proxy
 from supervisor.devcloud.db import Db, Kind, Scope
 from supervisor.errors import BadRequest, Forbidden, NotFound, SupervisorError, Unauthorized
+
+BODY_LIMIT = 10 * 1024 * 1024  # bytes of a request body (JSON); a 413 past it
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -63,6 +69,10 @@ class DevCloud:
 
     def is_admin(self, request: Request) -> bool:
         return hmac.compare_digest(self.bearer(request).encode(), self.token.encode())
+
+    def is_device(self, request: Request, device: dict[str, Any]) -> bool:
+        key = self.bearer(request)
+        return bool(key) and hmac.compare_digest(key.encode(), str(device["api_key"]).encode())
 
     def require_admin(self, request: Request) -> None:
         if not self.is_admin(request):
@@ -131,7 +141,7 @@ async def find_device(request: Request) -> Response:
 
 async def _may_see(cloud: DevCloud, request: Request, device: dict[str, Any]) -> bool:
     key = cloud.bearer(request)
-    if cloud.is_admin(request) or (key and hmac.compare_digest(key, device["api_key"])):
+    if cloud.is_admin(request) or cloud.is_device(request, device):
         return True
     fleet_id = await cloud.db.run(cloud.db.fleet_of_provisioning_key, key)
     return fleet_id == device["fleet_id"]
@@ -140,7 +150,7 @@ async def _may_see(cloud: DevCloud, request: Request, device: dict[str, Any]) ->
 async def patch_device(request: Request) -> Response:
     cloud: DevCloud = request.app.state.cloud
     device = await cloud.db.run(cloud.db.device, int(request.path_params["id"]))
-    if not (cloud.is_admin(request) or cloud.bearer(request) == device["api_key"]):
+    if not (cloud.is_admin(request) or cloud.is_device(request, device)):
         raise Unauthorized("not allowed to change this device")
     body = await _json(request)
     name = body.get("device_name")
@@ -174,22 +184,31 @@ async def target_state(request: Request) -> Response:
 
 async def report_state(request: Request) -> Response:
     cloud: DevCloud = request.app.state.cloud
+    device = await cloud.device_of(request)  # before the body is read
     body = await _json(request)
     for uuid, fields in body.items():
         if not isinstance(fields, dict):
             raise BadRequest(f"the report of {uuid} must be an object")
-        device = await cloud.device_of(request, uuid)
+        _same_device(device, uuid)
+    for fields in body.values():
         await cloud.db.run(cloud.db.merge_state, device["id"], fields)
     return PlainTextResponse("OK")
 
 
+def _same_device(device: dict[str, Any], uuid: str) -> None:
+    if device["uuid"] != uuid:
+        raise Forbidden("this key belongs to another device")
+
+
 async def report_tags(request: Request) -> Response:
     cloud: DevCloud = request.app.state.cloud
+    device = await cloud.device_of(request)  # before the body is read
     body = await _json(request)
     for uuid, tags in body.items():
         if not isinstance(tags, dict):
             raise BadRequest(f"the tags of {uuid} must be an object")
-        device = await cloud.device_of(request, uuid)
+        _same_device(device, uuid)
+    for tags in body.values():
         await cloud.db.run(cloud.db.set_tags, device["id"], tags)
     return PlainTextResponse("OK")
 
@@ -200,7 +219,7 @@ async def device_tags(request: Request) -> Response:
     if match is None:
         raise BadRequest("this devcloud only answers $filter=device/uuid eq '<uuid>'")
     device = await cloud.db.run(cloud.db.device, match.group(1))
-    if not (cloud.is_admin(request) or cloud.bearer(request) == device["api_key"]):
+    if not (cloud.is_admin(request) or cloud.is_device(request, device)):
         raise Unauthorized("not allowed to read this device's tags")
     return JSONResponse({"d": await cloud.db.run(cloud.db.tags, device["id"])})
 
@@ -376,13 +395,16 @@ async def ping(request: Request) -> Response:
 
 
 async def _json(request: Request) -> dict[str, Any]:
-    raw = await request.body()
+    """The JSON object body: counted while it streams in (413 past BODY_LIMIT) and parsed with
+    the device API's parser (nesting and value counts bounded). Call it only once the caller
+    is authenticated."""
+    raw = await read_limited(request, BODY_LIMIT)
     if not raw:
         return {}
     try:
-        body = json.loads(raw)
-    except ValueError as err:
-        raise BadRequest(f"invalid JSON: {err}") from err
+        body = parse_json(raw)
+    except UnicodeDecodeError as err:
+        raise BadRequest(f"invalid JSON: {err.reason}") from err
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
     return body

@@ -4,12 +4,13 @@ clients on a real socket (log stream, registry tokens). One fleet, one registere
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ class Cloud:
     proc: subprocess.Popen[bytes] | None = None
     uuid: str = "feed" * 8
     key: str = "k" * 32
+    env: dict[str, str] = field(default_factory=dict)  # added to the server's environment
 
     @property
     def url(self) -> str:
@@ -55,7 +57,7 @@ class Cloud:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "supervisor.devcloud", "--listen", f"127.0.0.1:{self.port}",
              "--data-dir", str(self.data_dir)], stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, cwd=REPO)
+            stdin=subprocess.DEVNULL, cwd=REPO, env={**os.environ, **self.env})
         log.close()
         wait_for(self._answers, "the devcloud to answer")
 
