@@ -12,7 +12,8 @@ and, on a managed device, the cloud poller's own check. Healthy when every check
    fetching. A user update lock is exempt (README, differences): while it holds the apply
    back the check passes, and the run's clock starts again at the last round it held back;
 4. api-binder (managed devices): a target poll succeeded within 2 x the poll interval (the
-   poller's own check, `cloud/poller.py`); an unmanaged device always passes it.
+   poller's own check, `cloud/poller.py`), and the connectivity check, when enabled, did not
+   find the API host unreachable (`host/integration.py`); an unmanaged device always passes.
 
 Every reason is logged by the route (`Healthcheck failed: ...`). Time is monotonic and
 injected, so the rules are tested with a controlled clock.
@@ -71,6 +72,7 @@ class HealthCheck:
         fetches: FetchTimer,
         poll_interval_s: Callable[[], float],
         cloud: Callable[[], tuple[bool, str]] | None = None,
+        connectivity: Callable[[], tuple[bool, str]] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._loop_state = loop_state
@@ -78,6 +80,7 @@ class HealthCheck:
         self._fetches = fetches
         self._poll_interval_s = poll_interval_s
         self._cloud = cloud
+        self._connectivity = connectivity
         self._clock = clock
 
     def check(self) -> tuple[bool, str]:
@@ -97,7 +100,11 @@ class HealthCheck:
                 return False, (f"the apply has not settled for {stuck:.0f} s "
                                f"(limit {limit:.0f} s, image downloads not counted)")
         if self._cloud is not None:
-            return self._cloud()
+            ok, reason = self._cloud()
+            if not ok:
+                return ok, reason
+        if self._connectivity is not None:
+            return self._connectivity()
         return True, ""
 
     def _applying_for(self, state: LoopState, now: float) -> float | None:
@@ -121,4 +128,5 @@ def runtime_health(rt: Runtime) -> HealthCheck:
         loop_alive=loop_alive, fetches=rt.fetches,
         poll_interval_s=lambda: rt.settings.poll_interval_ms / 1000,
         cloud=cloud.healthy if cloud is not None else None,
+        connectivity=getattr(getattr(rt, "host_features", None), "health", None),
     )

@@ -40,6 +40,7 @@ from supervisor.health import FetchTimer
 from supervisor.host.actions import HostActions, choose_host_actions
 from supervisor.host.breadcrumb import RebootBreadcrumb
 from supervisor.host.hostconfig import secret_host_files
+from supervisor.host.integration import HostIntegration
 from supervisor.lifecycle import Key, Lifecycles, phase_from_container
 from supervisor.locks import UpdateLocks, container_path
 from supervisor.logs import LogHub
@@ -76,6 +77,7 @@ class Runtime:
         self.board: BoardProfile = load_board(settings.board, configs_dir())
         self.led: Led = make_led(self.board, str(settings.led_file) if settings.led_file else None)
         self.breadcrumb = RebootBreadcrumb(settings.state_dir)
+        self.host_features = HostIntegration(settings, self.led)  # firewall, VPN, LED, ...
         self.host: HostActions
         self.target: TargetState | None = None
         self.target_source = "local" if settings.unmanaged else "cloud"
@@ -172,6 +174,7 @@ class Runtime:
             loop_heartbeat=state.heartbeat if state else 0.0,
         )
         self.events.snapshot_changed(old, self._snapshot)
+        self.host_features.observe(self.target, self.local_mode)
 
     def _phase_changed(self, key: Key, phase: Phase) -> None:
         if hasattr(self, "reconciler"):
@@ -381,6 +384,7 @@ class Runtime:
         if self.host.name != "systemd":
             self.host = _SimulatedReboot(self.host, self._simulated_reboot)
         self.engine = AsyncEngine(DockerEngine(s.docker_host))
+        self.host_features.bind(self.host, self._record_host_action, engine=self.engine)
         self.log_followers = LogFollowers(s.docker_host, self.logs.publish_many)
         for entry in await self.store.journal_open():
             _LOGGER.warning("step %s was interrupted by a restart", entry.kind)
@@ -514,6 +518,7 @@ class Runtime:
         tasks = [
             asyncio.create_task(self.reconciler.run(), name="reconciler"),
             asyncio.create_task(_guard_server(server), name="api"),
+            asyncio.create_task(self.host_features.run(), name="host"),
         ]
         self.reconciler_task = tasks[0]
         if not self.settings.unmanaged:

@@ -14,6 +14,7 @@ import re
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -151,9 +152,10 @@ def cpu_temp() -> int | None:
     return None
 
 
-def cpu_id() -> str | None:
-    """Device-tree serial number on ARM boards, else the DMI baseboard serial; lowercase."""
-    for path in (*_SERIAL_FILES, _DMI_SERIAL):
+def cpu_id(files: Sequence[str] = (*_SERIAL_FILES, _DMI_SERIAL)) -> str | None:
+    """Device-tree serial number on ARM boards, else the DMI baseboard serial; lowercase.
+    The first non-empty file of `files` wins."""
+    for path in files:
         try:
             value = Path(path).read_bytes().replace(b"\0", b"").decode(errors="replace").strip()
         except OSError:

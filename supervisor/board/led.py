@@ -102,11 +102,13 @@ class _PatternLed:
             await self._switch(False)
 
     async def set_offline(self, offline: bool) -> None:
-        self._offline = offline
+        changed, self._offline = offline != self._offline, offline
         if not offline:
             await self._stop_offline()
         elif not self.blinking:  # else it starts when identify ends
             self._start_offline()
+        if changed:  # logged once the LED is off (stopping): nothing writes it after this
+            _LOGGER.info("LED offline pattern %s", "started" if offline else "stopped")
 
     async def _identify(self) -> None:
         await self._stop_offline()  # identify takes the LED...

@@ -13,7 +13,7 @@ On top of it:
 * `Discoverability`: `HOST_DISCOVERABILITY` starts or stops avahi's service and socket, at
   the first call and whenever the value changes.
 
-The reconciler (later) owns when these run; nothing here loops or sleeps.
+`host/integration.py` owns when these run; nothing here loops or sleeps.
 """
 
 from __future__ import annotations
@@ -169,6 +169,12 @@ class VpnControl:
             await self.units.start(VPN_UNIT)
         else:
             await self.units.stop(VPN_UNIT)
+
+    def retry_in(self) -> float:
+        """Seconds until a rate-limited switch may be attempted (0: now)."""
+        if self._last_attempt is None:
+            return 0.0
+        return max(0.0, self._rate_limit - (self._clock() - self._last_attempt))
 
     def reset_rate_limit(self) -> None:
         """After every successful apply, as upstream does."""

@@ -53,6 +53,7 @@ class SupervisorProc:
             "--data-dir", str(self.root / "data"), "--boot-dir", str(self.root / "boot"),
             "--state-dir", str(self.root / "state"), "--locks-dir", str(self.root / "locks"),
             "--listen", f"127.0.0.1:{self.port}", "--host-actions", "dry-run",
+            "--firewall", "dry-run",
             "--docker-host", self.docker_host, "--blink-seconds", "0.5",
         ]
         if self.target_file is not None:

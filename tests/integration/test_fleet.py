@@ -143,7 +143,8 @@ class Device:
             [str(SUPERVISOR), "run", "--data-dir", str(d["data"]), "--boot-dir", str(d["boot"]),
              "--state-dir", str(d["state"]), "--locks-dir", str(d["locks"]),
              "--listen", f"127.0.0.1:{self.port}", "--docker-host", self.docker_host,
-             "--host-actions", "dry-run", "--led-file", str(self.root / "led"),
+             "--host-actions", "dry-run", "--firewall", "dry-run",
+             "--led-file", str(self.root / "led"),
              "--blink-seconds", "1"],
             stdout=self.log.open("ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=env, cwd=self.root)

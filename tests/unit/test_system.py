@@ -133,6 +133,20 @@ def test_mac_addresses_missing_sysfs(tmp_path: Path) -> None:
     assert system.mac_addresses(tmp_path / "none") == []
 
 
+def test_cpu_id_from_the_first_serial_file(tmp_path: Path) -> None:
+    """state.md §6.2: device-tree serial, else product-sn, soc0, DMI; NULs cut, lowercase."""
+    files = [tmp_path / n for n in ("serial-number", "product-sn", "soc0", "board_serial")]
+    paths = [str(f) for f in files]
+    assert system.cpu_id(paths) is None  # none exists
+    files[3].write_text("DMI-SERIAL-9\n")
+    assert system.cpu_id(paths) == "dmi-serial-9"
+    files[0].write_bytes(b"")  # empty: skipped
+    files[1].write_bytes(b"10000000ABCDEF\0")  # device-tree strings end in NUL
+    assert system.cpu_id(paths) == "10000000abcdef"
+    files[0].write_bytes(b"00000000c0ffee12\0")
+    assert system.cpu_id(paths) == "00000000c0ffee12"
+
+
 @pytest.mark.parametrize(("kernel_log", "expected"), [
     ("[ 5.1] hwmon hwmon1: Undervoltage detected!\n", True),
     ("[ 3.0] Under-voltage detected! (0x00050005)\n", True),
