@@ -108,7 +108,8 @@ class VpnSupervisor(SupervisorProc):
         self.vpn_dir = vpn_dir
 
     def args(self) -> list[str]:
-        argv = [a if a != "dry-run" else "systemd" for a in super().args()]
+        argv = super().args()
+        argv[argv.index("--host-actions") + 1] = "systemd"  # the firewall stays a dry run
         return [*argv, "--vpn-status-dir", str(self.vpn_dir)]
 
 
