@@ -23,6 +23,7 @@ from urllib.parse import quote
 
 from supervisor.errors import ConfigError, SupervisorError
 from supervisor.fsperm import secure_file
+from supervisor.logsafe import EscapingFormatter
 from supervisor.settings import parse_address
 
 PROG = "balena-supervisor devcloud"
@@ -244,8 +245,9 @@ def serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
     host, port = parse_address(args.listen, "--listen", default_host="127.0.0.1")
     data_dir = Path(args.data_dir).absolute()
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    console = logging.StreamHandler()  # device-sent values cannot forge lines (logsafe.py)
+    console.setFormatter(EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[console])
     db = Db(data_dir / DB_FILE)  # creates data_dir 0700
     token = given_token(args, env) or db.admin_token()
     token_file = data_dir / TOKEN_FILE

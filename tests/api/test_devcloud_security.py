@@ -1,6 +1,7 @@
 """The devcloud's own bounds (docs/security.md "The devcloud"): every route checks its caller
 before it reads a body, bodies and inflated log streams are bounded, keys are compared in
-constant time, and the admin token never goes on a command line; its files are private.
+constant time, the admin token never goes on a command line, its files are private, and a
+device cannot forge lines of its log.
 
 The real server runs as a subprocess on 127.0.0.1 (tests/api/devcloud_proc.py): the bodies
 are sent on a raw socket and the server's memory is read from /proc.
@@ -21,10 +22,11 @@ from typing import Any
 import pytest
 from starlette.exceptions import StarletteDeprecationWarning
 
+from supervisor.devcloud.cli import Client
 from supervisor.devcloud.cli import main as devcloud_main
 from supervisor.devcloud.db import Db
 from supervisor.devcloud.server import BODY_LIMIT, DevCloud, build_app
-from tests.api.devcloud_proc import Cloud, free_port
+from tests.api.devcloud_proc import Cloud, free_port, wait_for
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", StarletteDeprecationWarning)
@@ -232,3 +234,15 @@ def test_the_token_from_the_environment_or_a_file_and_private_files(
         assert "HTTP 401" in err and "envtoken1" not in err
     finally:
         cloud.stop()
+
+
+def test_a_device_cannot_forge_lines_of_the_log(cloud: Cloud) -> None:
+    key = cloud.client().call("POST", "/admin/fleets/logs/provisioning-keys")["key"]
+    uuid = "b" * 32 + "\nFORGED INFO line\x1b[31m"
+    Client(cloud.url, key).call("POST", "/device/register", {
+        "uuid": uuid, "api_key": "other", "device_type": "generic"})
+    log = cloud.data_dir / "devcloud.log"
+    wait_for(lambda: "\\nFORGED INFO line\\x1b[31m" in log.read_text(), "the escaped log line")
+    text = log.read_text()
+    assert not any(line.startswith("FORGED") for line in text.splitlines())
+    assert "\x1b" not in text
