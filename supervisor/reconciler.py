@@ -25,8 +25,8 @@ from supervisor.planner import PlanContext, plan
 
 _LOGGER = logging.getLogger(__name__)
 
-BACKOFF_BASE = 0.5
-BACKOFF_CAP = 60.0
+BACKOFF_BASE = 0.5  # engine.md §15.2: wait min(2^failures x 500 ms, poll interval)
+DEFAULT_POLL_INTERVAL_S = 900.0
 RESYNC_INTERVAL = 30.0  # observe even without events, to catch what events missed
 
 
@@ -59,7 +59,7 @@ class Reconciler:
         publish: Callable[[], None],
         on_settled: Callable[[], Awaitable[None]] | None = None,
         log: Callable[[str], None] = lambda message: None,
-        backoff_cap: float = BACKOFF_CAP,
+        poll_interval_s: Callable[[], float] = lambda: DEFAULT_POLL_INTERVAL_S,
     ) -> None:
         self._log = log
         self._observe = observe
@@ -68,7 +68,7 @@ class Reconciler:
         self._executor = executor
         self._publish = publish
         self._on_settled = on_settled
-        self._backoff_cap = backoff_cap
+        self._poll_interval_s = poll_interval_s
         self._dirty = asyncio.Event()
         self._target_changed = False
         self._batch: asyncio.Task[None] | None = None
@@ -205,7 +205,7 @@ class Reconciler:
 
     async def _failed(self, err: SupervisorError) -> None:
         self.state.failures += 1
-        delay = min(BACKOFF_BASE * 2 ** self.state.failures, self._backoff_cap)
+        delay = min(BACKOFF_BASE * 2 ** self.state.failures, self._poll_interval_s())
         cause = err.cause if isinstance(err, StepFailed) else err
         self.state.last_error = str(err)
         if isinstance(cause, UpdatesLocked):

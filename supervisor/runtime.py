@@ -405,6 +405,7 @@ class Runtime:
             observe=self._observe, target=lambda: self.target, context=self.plan_context,
             executor=executor, publish=self.publish, log=self.log,
             on_settled=self._on_settled,
+            poll_interval_s=lambda: self.settings.poll_interval_ms / 1000,
         )
         await self._load_target()
         await self._restore_progress()

@@ -99,8 +99,10 @@ class SupervisorProc:
         while time.monotonic() < deadline:
             try:
                 last = predicate()
-            except (httpx.HTTPError, KeyError, ValueError, IndexError, docker.errors.NotFound):
-                last = None  # not there yet, or a container vanished between list and inspect
+            except (httpx.HTTPError, json.JSONDecodeError, docker.errors.NotFound):
+                # not answering yet, or a container vanished between list and inspect; a
+                # missing field (KeyError) is a broken body: it fails at once, not at the limit
+                last = None
             if last:
                 return last
             time.sleep(0.2)
@@ -109,10 +111,15 @@ class SupervisorProc:
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)
-            self.proc.wait(timeout=10)
+            self.proc.wait(timeout=30)
 
     def stop(self) -> None:
-        self.kill(signal.SIGTERM)
+        """SIGTERM, and SIGKILL if it has not exited after a grace: a hung shutdown must not
+        hang the test session."""
+        try:
+            self.kill(signal.SIGTERM)
+        except subprocess.TimeoutExpired:
+            self.kill(signal.SIGKILL)
         self.client.close()
 
 

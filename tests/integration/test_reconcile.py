@@ -119,8 +119,8 @@ def test_release_only_change_renames_and_keeps_container(
     new = local_target({"a": {"image": base_image, "command": SLEEP}}, commit="c0ffee02",
                        release_id=2)
     proc.post_target(new)
-    proc.wait_for(lambda: by_service(docker_client)["a"][0].name == "a_1_2_c0ffee02",
-                  what="rename")
+    proc.wait_for(lambda: [c.name for c in by_service(docker_client).get("a", [])]
+                  == ["a_1_2_c0ffee02"], what="rename")
     (after,) = by_service(docker_client)["a"]
     assert after.id == first.id
     assert after.status == "running"
@@ -139,6 +139,13 @@ def test_depends_on_start_order(sup: Any, docker_client: Any, base_image: str) -
     order = [e["Actor"]["Attributes"].get("io.balena.service-name") for e in events]
     order = [o for o in order if o in ("front", "back")]
     assert order.index("back") < order.index("front"), order
+    # the engine's order alone passes half the time for a planner that starts both at once;
+    # the dashboard log does not: started together, both 'Starting' lines come before either
+    # 'Started' (engine.md §17 texts)
+    log = proc.wait_for(lambda: f"Started service 'front {base_image}'" in (
+        text := proc.log(tail=None)) and text, what="front started in the log")
+    assert log.index(f"Started service 'back {base_image}'") \
+        < log.index(f"Starting service 'front {base_image}'"), log
 
 
 def test_pull_progress_while_old_runs_then_kill_after_pull(

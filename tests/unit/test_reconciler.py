@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from supervisor import reconciler as rec
 from supervisor.errors import EngineError, UpdatesLocked
+from supervisor.locks import LockDir
 from supervisor.model.current import Current
 from supervisor.model.spec import DeviceContext
 from supervisor.model.steps import Fetch, Noop, Step, TakeLock
@@ -161,3 +163,45 @@ def test_noop_only_plans_wait_and_come_back(monkeypatch: pytest.MonkeyPatch) -> 
 
 async def _instant(seconds: float, **kw: Any) -> None:
     return None
+
+
+def test_a_held_lock_backs_off_2n_x_500ms_capped_at_the_poll_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # engine.md §15.2 / locks.md §6: wait min(2^failures x 500 ms, poll interval), and the
+    # dashboard says so; the refusal comes from the real lock dir holding a user lock
+    locks = LockDir(tmp_path)
+    locks.service_dir(1, "main").mkdir(parents=True)
+    (locks.service_dir(1, "main") / "updates.lock").touch()
+    tries = {"n": 0}
+
+    class Locked(FakeExecutor):
+        async def apply(self, steps: tuple[Step, ...]) -> None:
+            tries["n"] += 1
+            if tries["n"] <= 5:
+                locks.take(1, ["main"], force=False)
+
+    plans = [(LOCK,)] * 6
+    monkeypatch.setattr(rec, "plan", lambda current, target, ctx: plans.pop(0) if plans else ())
+
+    async def observe() -> Current:
+        return Current()
+
+    async def context(current: Current) -> PlanContext:
+        return PlanContext(device=DeviceContext(device_uuid="u"))
+
+    logged: list[str] = []
+    loop = rec.Reconciler(observe=observe, target=lambda: None, context=context,
+                          executor=Locked([]), publish=lambda: None,  # type: ignore[arg-type]
+                          log=logged.append, poll_interval_s=lambda: 3.0)
+    waited: list[float] = []
+
+    async def record(seconds: float, **kw: Any) -> None:
+        waited.append(seconds)
+
+    monkeypatch.setattr(loop, "_sleep", record)
+    asyncio.run(loop.apply_until_settled())
+    assert waited == [1.0, 2.0, 3.0, 3.0, 3.0]
+    reason = "Reason: Lockfile exists for { appId: 1, service: main }"
+    assert logged == [f"Updates are locked, retrying in {d}s. {reason}" for d in (1, 2, 3, 3, 3)]
+
