@@ -16,12 +16,19 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from supervisor.engine.runner import AsyncEngine
-from supervisor.errors import EngineConflict, StepFailed, SupervisorError, UpdatesLocked
+from supervisor.errors import (
+    EngineConflict,
+    InternalError,
+    StepFailed,
+    SupervisorError,
+    UpdatesLocked,
+)
 from supervisor.lifecycle import Key, Lifecycles
 from supervisor.locks import UpdateLocks
 from supervisor.model.current import Phase
 from supervisor.model.spec import ContainerSpec
 from supervisor.model.steps import (
+    ChangeConfig,
     CreateNetwork,
     CreateVolume,
     EnsureSupervisorNetwork,
@@ -35,6 +42,8 @@ from supervisor.model.steps import (
     RemoveNetwork,
     RemoveVolume,
     RequireReboot,
+    SetBootConfig,
+    SetRebootBreadcrumb,
     Start,
     Step,
     Stop,
@@ -69,6 +78,14 @@ class ExecutorHooks:
     image_auth: Callable[[str], dict[str, str] | None] = lambda ref: None
     # (app id, service name, commit) -> the image name, for `'<service> <image>'` in the log
     image_name: Callable[[int, str, str], str] = lambda app_id, service, commit: ""
+    # the device side of changeConfig / setBootConfig (supervisor/device_config.py)
+    device_config: DeviceConfigSteps | None = None
+
+
+class DeviceConfigSteps(Protocol):
+    async def change_config(self, step: ChangeConfig) -> None: ...
+
+    async def set_boot_config(self, step: SetBootConfig) -> None: ...
 
 
 class Executor:
@@ -104,6 +121,9 @@ class Executor:
             TakeLock: self._take_lock,
             ReleaseLock: self._release_lock,
             RequireReboot: self._require_reboot,
+            ChangeConfig: self._change_config,
+            SetBootConfig: self._set_boot_config,
+            SetRebootBreadcrumb: self._set_reboot_breadcrumb,
             Noop: self._noop,
         }
 
@@ -343,6 +363,22 @@ class Executor:
         self.hooks.log(
             f'Reboot has been scheduled to apply changes: {{"serviceName":"{step.service_name}"}}'
         )
+
+    # -- device configuration (config.md §5.2) ---------------------------------------------------
+
+    async def _change_config(self, step: ChangeConfig) -> None:
+        await self._device_config().change_config(step)
+
+    async def _set_boot_config(self, step: SetBootConfig) -> None:
+        await self._device_config().set_boot_config(step)
+
+    async def _set_reboot_breadcrumb(self, step: SetRebootBreadcrumb) -> None:
+        await self.hooks.require_reboot()
+
+    def _device_config(self) -> DeviceConfigSteps:
+        if self.hooks.device_config is None:
+            raise InternalError("device configuration steps without a device configuration")
+        return self.hooks.device_config
 
     async def _noop(self, step: Noop) -> None:
         return None

@@ -25,10 +25,12 @@ from typing import Any
 import uvicorn
 
 from supervisor import COMPAT_VERSION, device_flags, system
+from supervisor.board.bootconfig import BootConfig, BootPaths
 from supervisor.board.led import Led, make_led
 from supervisor.board.profiles import BoardProfile, configs_dir, load_board
 from supervisor.cloud.registry_auth import image_auth_hook
 from supervisor.cloud.sync import CloudSync
+from supervisor.device_config import DeviceConfiguration
 from supervisor.engine.docker import DockerEngine
 from supervisor.engine.logs import LogFollowers
 from supervisor.engine.runner import AsyncEngine
@@ -321,6 +323,7 @@ class Runtime:
             keep_volumes=self.local_mode,
             reboot_required=self.breadcrumb.is_required(self._boot_time),
             boot_time=boot,
+            device_config=await self.device_config.plan_input(self.target),
         )
 
     @property
@@ -393,13 +396,19 @@ class Runtime:
         if cleaned:
             self.log(f"Removed {cleaned} supervisor update lock(s) left by a crash")
         self._device = self.device_view()
+        boot = await asyncio.to_thread(
+            BootConfig.for_board, self.board.boot.backends, BootPaths(s.boot_dir, s.config_json),
+            s.device_type or self.board.slug)
+        self.device_config = DeviceConfiguration(store=self.store, config_json=s.config_json,
+                                                 boot=boot, log=self.log, unmanaged=s.unmanaged)
         executor = Executor(
             engine=self.engine, store=self.store, lifecycles=self.lifecycles, locks=self.locks,
             hooks=ExecutorHooks(progress=self._progress, log=self.log,
                                 require_reboot=self._require_reboot,
                                 image_auth=image_auth_hook(lambda: (
                                     s.config_json.uuid, s.config_json.current_api_key)),
-                                image_name=self.image_name),
+                                image_name=self.image_name,
+                                device_config=self.device_config),
         )
         self.reconciler = Reconciler(
             observe=self._observe, target=lambda: self.target, context=self.plan_context,

@@ -154,7 +154,7 @@ class RuntimeActions:
         rt = self._rt
         source = "local" if rt.local_mode else rt.settings.api_endpoint
         return local_target_state(rt.target, device_name=rt.device_name, source=source,
-                                  image_ids=rt.image_ids)
+                                  image_ids=rt.image_ids, unmanaged=rt.settings.unmanaged)
 
     async def get_tags(self) -> list[dict[str, Any]]:
         if self._rt.cloud is None:

@@ -13,10 +13,10 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from supervisor.model.config_vars import target_config
 from supervisor.model.spec import app_networks
 from supervisor.model.target import TargetApp, TargetService, TargetState
 
-_CONFIG_PREFIXES = ("RESIN_", "BALENA_")
 _SNAKE = re.compile(r"_([a-z0-9])")
 
 
@@ -25,23 +25,17 @@ def camel_case(key: str) -> str:
 
 
 def local_target_state(target: TargetState | None, *, device_name: str, source: str,
-                       image_ids: Mapping[str, str]) -> dict[str, Any]:
-    """`image_ids` maps image names to the engine's image ids (`dockerImageId`)."""
+                       image_ids: Mapping[str, str], unmanaged: bool = False) -> dict[str, Any]:
+    """`image_ids` maps image names to the engine's image ids (`dockerImageId`). The config is
+    the device config target: prefixes stripped, every default filled (api.md §4.6)."""
     if target is None:
         return {"local": {"name": device_name, "config": {}, "apps": {}}}
     return {"local": {
         "name": target.name or device_name,
-        "config": {_strip_prefix(k): v for k, v in target.config.items()},
+        "config": target_config(target.config, unmanaged=unmanaged),
         "apps": {str(app.app_id): _app(app, source, image_ids)
                  for app in sorted(target.apps.values(), key=lambda a: a.app_id)},
     }}
-
-
-def _strip_prefix(key: str) -> str:
-    for prefix in _CONFIG_PREFIXES:
-        if key.startswith(prefix):
-            return key[len(prefix):]
-    return key
 
 
 def _app(app: TargetApp, source: str, image_ids: Mapping[str, str]) -> dict[str, Any]:

@@ -156,6 +156,33 @@ class RequireReboot:
 
 
 @dataclass(frozen=True, slots=True)
+class ChangeConfig:
+    """Device config variables to set (config.md §5.2 step 1): `target` is (name, value) pairs
+    in the table's order; `warnings` are upstream's texts for invalid values replaced by the
+    default; `reboot` when a changed variable takes effect only after a reboot."""
+
+    kind: ClassVar[str] = "changeConfig"
+    target: tuple[tuple[str, str], ...]
+    warnings: tuple[str, ...] = ()
+    reboot: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SetBootConfig:
+    """Write every boot-config backend from the target's boot variables (§5.2 step 3)."""
+
+    kind: ClassVar[str] = "setBootConfig"
+    target: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SetRebootBreadcrumb:
+    """Before a change that needs a reboot: the reboot then follows once the apply settles."""
+
+    kind: ClassVar[str] = "setRebootBreadcrumb"
+
+
+@dataclass(frozen=True, slots=True)
 class Noop:
     """Nothing to do now, but the loop must come back (waiting for a download, a stop...)."""
 
@@ -167,8 +194,10 @@ class Noop:
 Step = (
     Fetch | RemoveImage | Kill | Stop | Remove | Start | UpdateMetadata | Handover | UpdateCommit
     | CreateNetwork | RemoveNetwork | CreateVolume | RemoveVolume | EnsureSupervisorNetwork
-    | TakeLock | ReleaseLock | RequireReboot | Noop
+    | TakeLock | ReleaseLock | RequireReboot | ChangeConfig | SetBootConfig | SetRebootBreadcrumb
+    | Noop
 )
+DEVICE_CONFIG_STEPS = (ChangeConfig, SetBootConfig, SetRebootBreadcrumb)
 
 
 def describe(step: Step) -> dict[str, Any]:
@@ -180,6 +209,8 @@ def describe(step: Step) -> dict[str, Any]:
             out["serviceName"] = value.get("service_name")
             out["appId"] = value.get("app_id")
             continue
+        if key == "target":  # device config steps: {name: value}, as upstream shows them
+            value = dict(value)
         out[_camel(key)] = value
     return out
 

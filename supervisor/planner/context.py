@@ -9,6 +9,20 @@ from supervisor.model.spec import DeviceContext
 
 
 @dataclass(frozen=True, slots=True)
+class DeviceConfigInput:
+    """The device config half of the plan (config.md §5.1): the current variables (values as
+    strings, boot backends rendered as variables), the target with defaults filled, and what
+    the boot backends said about the target (they hold the file formats, so the runtime asks
+    them and hands the answer here)."""
+
+    current: Mapping[str, str]
+    target: Mapping[str, str]
+    boot_changed: tuple[str, ...] = ()  # backends whose files differ from the target
+    boot_reboot: bool = False
+    boot_target: tuple[tuple[str, str], ...] = ()  # the target's boot variables
+
+
+@dataclass(frozen=True, slots=True)
 class PlanContext:
     device: DeviceContext
     # normalised image name -> local Docker image id, for every image present in the engine
@@ -36,3 +50,5 @@ class PlanContext:
     boot_time: str = ""
     # (app_id, service_name) pairs whose new container signalled handover-complete
     handover_done: frozenset[tuple[int, str]] = frozenset()
+    # None: device configuration is not managed in this run (no target, or a test)
+    device_config: DeviceConfigInput | None = None

@@ -14,6 +14,7 @@ from supervisor.model.steps import EnsureSupervisorNetwork, Fetch, Noop, Release
 from supervisor.model.target import TargetApp, TargetState
 from supervisor.planner.apps import AppObjects, AppPlanner, gate_on_lock
 from supervisor.planner.context import PlanContext
+from supervisor.planner.device_config import device_config_steps
 from supervisor.planner.images import image_steps
 from supervisor.planner.services import kill
 
@@ -22,6 +23,9 @@ def plan(current: Current, target: TargetState | None, ctx: PlanContext) -> tupl
     """The next batch of independent steps; empty when current matches target."""
     if target is None:
         return ()  # no target yet: touch nothing
+    configuring = device_config_steps(ctx.device_config)
+    if configuring:  # device configuration runs alone (engine.md §15.2 step 3)
+        return configuring
     if not current.supervisor0_ok and _needs_supervisor0(target):
         return _supervisor0_steps(current, target, ctx)
     housekeeping = image_steps(current, target, ctx)

@@ -1,0 +1,82 @@
+"""Device configuration end to end: a real supervisor process on a raspberrypi4-64 profile
+applies a local target's `config` to `<boot-dir>/config.txt` through the planner's steps,
+sets the reboot breadcrumb, reboots once (dry-run) after the apply, and refuses a forbidden
+key with upstream's message without touching the file (config.md §5)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from supervisor.store import Store
+
+DEFAULT_TXT = "gpu_mem=16\ndtparam=audio=on\n"
+
+
+def target(config: dict[str, str]) -> dict[str, Any]:
+    return {"local": {"name": "pi", "config": config, "apps": {}}}
+
+
+def test_config_txt_is_written_then_one_reboot_and_forbidden_keys_change_nothing(
+        sup: Any, tmp_path: Path) -> None:
+    boot = tmp_path / "sup0" / "boot"
+    boot.mkdir(parents=True)
+    (boot / "config.txt").write_text(DEFAULT_TXT)
+    proc = sup(config={"deviceType": "raspberrypi4-64"})
+    resp = proc.post_target(target({
+        "HOST_CONFIG_dtoverlay": '"vc4-kms-v3d","pitft35-resistive,rotate=90,speed=62000000"',
+        "BALENA_HOST_CONFIG_dtparam": '"i2c_arm=on","spi=on"',
+        "RESIN_HOST_CONFIG_gpu_mem": "128",
+    }))
+    assert resp.status_code == 200, resp.text
+    # Upstream's order: BALENA_ names, then RESIN_ ones, then unprefixed; overlays last.
+    expected = ("dtparam=i2c_arm=on\n"
+                "dtparam=spi=on\n"
+                "gpu_mem=128\n"
+                "dtoverlay=vc4-kms-v3d\n"
+                "dtoverlay=pitft35-resistive\n"
+                "dtparam=rotate=90\n"
+                "dtparam=speed=62000000\n")
+    proc.wait_for(lambda: (boot / "config.txt").read_text() == expected, what="config.txt")
+    log = proc.wait_for(lambda: "Rebooting" in (text := proc.log(tail=None)) and text,
+                        what="the reboot after the apply", timeout=30)
+    assert log.index("Applying boot config: ") < log.index("Applied boot config: ") \
+        < log.index("Rebooting")
+    # Settled after the (dry-run) reboot: the file read back is the target, nothing to do.
+    proc.wait_for(lambda: proc.status()["appState"] == "applied"
+                  and not (tmp_path / "sup0" / "state" / "reboot-after-apply").exists(),
+                  what="settled after the reboot")
+    with Store(tmp_path / "sup0" / "data" / "database.sqlite") as store:
+        assert [a.action for a in store.host_actions()] == ["reboot"]
+    lines = proc.log(tail=None).splitlines()
+    assert sum("Applied boot config: " in line for line in lines) == 1
+
+    # The local target shows the config with every default filled.
+    shown = proc.client.get("/v2/local/target-state").json()["state"]["local"]["config"]
+    assert shown["HOST_CONFIG_gpu_mem"] == "128"
+    assert shown["SUPERVISOR_POLL_INTERVAL"] == "900000"
+    assert shown["SUPERVISOR_LOCAL_MODE"] == "true"  # unmanaged device
+    assert shown["SUPERVISOR_VPN_CONTROL"] == "true"
+
+    before = (boot / "config.txt").read_bytes()
+    proc.post_target(target({"HOST_CONFIG_gpu_mem": "64", "HOST_CONFIG_kernel": "k.img"}))
+    proc.wait_for(lambda: "Attempt to change blacklisted config value kernel" in proc.log(),
+                  what="the refusal")
+    assert (boot / "config.txt").read_bytes() == before
+
+
+def test_persistent_logging_goes_to_config_json_and_needs_a_reboot(
+        sup: Any, tmp_path: Path) -> None:
+    proc = sup(config={"deviceType": "raspberrypi4-64"})
+    proc.post_target(target({"SUPERVISOR_PERSISTENT_LOGGING": "true",
+                             "SUPERVISOR_POLL_INTERVAL": "not a number"}))
+    config_json = tmp_path / "sup0" / "boot" / "config.json"
+    proc.wait_for(lambda: json.loads(config_json.read_text()).get("persistentLogging") is True,
+                  what="persistentLogging in config.json")
+    log = proc.wait_for(lambda: "Rebooting" in (text := proc.log(tail=None)) and text,
+                        what="the reboot", timeout=30)
+    assert ("Applying configuration change "
+            '{"SUPERVISOR_LOCAL_MODE":"true","SUPERVISOR_PERSISTENT_LOGGING":"true"}') in log
+    # An invalid value whose current value is the default already changes nothing.
+    assert "Ignoring invalid device configuration value" not in log
