@@ -197,7 +197,13 @@ def test_local_target_state_is_upstreams_internal_shape() -> None:
                                image_ids={IMAGE: "sha256:abc"})
     local = state["local"]
     assert local["name"] == "dev"
-    assert local["config"] == {"HOST_CONFIG_gpu_mem": "16", "SUPERVISOR_POLL_INTERVAL": "1"}
+    # prefixes stripped, every default filled (api.md §4.6)
+    assert local["config"]["HOST_CONFIG_gpu_mem"] == "16"
+    assert local["config"]["SUPERVISOR_POLL_INTERVAL"] == "1"
+    assert local["config"]["SUPERVISOR_VPN_CONTROL"] == "true"
+    assert local["config"]["SUPERVISOR_DELTA_VERSION"] == "2"
+    assert local["config"]["HOST_FIREWALL_MODE"] == "off"
+    assert "RESIN_HOST_CONFIG_gpu_mem" not in local["config"]
     app = local["apps"]["1"]
     assert (app["appId"], app["appUuid"], app["appName"], app["commit"], app["source"]) == \
         (1, "1", "app", "c0ffee", "local")
