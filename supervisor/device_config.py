@@ -28,6 +28,7 @@ from supervisor.errors import SupervisorError
 from supervisor.model.config_vars import (
     BY_NAME,
     CONFIG_VARS,
+    DeviceConfig,
     current_value,
     target_config,
     typed_value,
@@ -57,6 +58,10 @@ class DeviceConfiguration:
         self._log = log
         self.unmanaged = unmanaged
         self.last_current: dict[str, str] = {}
+        # Called with the current config every time it is read (each round of the loop), so
+        # a variable applied by changeConfig takes effect at once, without a restart.
+        self.listeners: list[Callable[[DeviceConfig], None]] = [self._deltas]
+        self._delta_said = False
 
     async def current(self) -> dict[str, str]:
         """The current config: each variable's value as a string (its default when never
@@ -71,7 +76,17 @@ class DeviceConfiguration:
             out[var.name] = current_value(value)
         out.update(await asyncio.to_thread(self.boot.current_env))
         self.last_current = out
+        view = DeviceConfig(out)
+        for listener in self.listeners:
+            listener(view)
         return out
+
+    def _deltas(self, config: DeviceConfig) -> None:
+        # balena deltas need balenaEngine; stock Docker has no delta support (README).
+        if config.flag("SUPERVISOR_DELTA") and not self._delta_said:
+            self._delta_said = True
+            _LOGGER.warning("SUPERVISOR_DELTA is set, but deltas are not applied on this engine "
+                            "(stock Docker has no delta support): images are pulled whole")
 
     def target(self, target: TargetState) -> dict[str, str]:
         return target_config(target.config, unmanaged=self.unmanaged)

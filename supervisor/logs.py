@@ -240,6 +240,8 @@ class LogHub:
                                                   announce=dropped_message)
         self._recent: deque[LogMessage] = deque(maxlen=backlog or None)
         self._backlog = backlog
+        # SUPERVISOR_LOG_CONTROL: when off, no line is published to any reader (config.md §5)
+        self.enabled = True
 
     @property
     def subscribers(self) -> int:
@@ -260,6 +262,8 @@ class LogHub:
         self.publish_many((message,))
 
     def publish_many(self, messages: Iterable[LogMessage]) -> None:
+        if not self.enabled:
+            return
         batch = list(messages)
         if self._backlog:
             self._recent.extend(batch)

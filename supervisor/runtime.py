@@ -47,6 +47,7 @@ from supervisor.lifecycle import Key, Lifecycles, phase_from_container
 from supervisor.locks import UpdateLocks, container_path
 from supervisor.logs import LogHub
 from supervisor.logsafe import EscapingFormatter
+from supervisor.model.config_vars import DeviceConfig
 from supervisor.model.current import (
     Current,
     DeviceView,
@@ -363,6 +364,14 @@ class Runtime:
                 return app.release.services[service].image
         return self._recorded_images.get((app_id, service, commit), "")
 
+    def _log_control(self, config: DeviceConfig) -> None:
+        """SUPERVISOR_LOG_CONTROL as applied: off, no log line reaches any reader."""
+        enabled = config.flag("SUPERVISOR_LOG_CONTROL")
+        if enabled != self.logs.enabled:
+            _LOGGER.info("Logs %s by SUPERVISOR_LOG_CONTROL", "enabled" if enabled else
+                         "disabled")
+            self.logs.enabled = enabled
+
     async def _require_reboot(self) -> None:
         await asyncio.to_thread(self.breadcrumb.set)
 
@@ -401,6 +410,7 @@ class Runtime:
             s.device_type or self.board.slug)
         self.device_config = DeviceConfiguration(store=self.store, config_json=s.config_json,
                                                  boot=boot, log=self.log, unmanaged=s.unmanaged)
+        self.device_config.listeners.append(self._log_control)
         executor = Executor(
             engine=self.engine, store=self.store, lifecycles=self.lifecycles, locks=self.locks,
             hooks=ExecutorHooks(progress=self._progress, log=self.log,

@@ -25,6 +25,7 @@ from urllib.parse import parse_qsl
 from starlette.requests import ClientDisconnect
 
 from supervisor.errors import BadRequest
+from supervisor.model import config_vars
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -44,7 +45,6 @@ NESTED_TOO_DEEPLY = (f"request body nests too deeply: more than {JSON_DEPTH_LIMI
                      "of arrays and objects")
 
 _INT_RE = re.compile(r"-?[0-9]+\.?0*")  # fullmatch: ASCII digits only, as upstream's regex
-_TRUTHY = frozenset({"1", "true", "on"})
 _STRING_RE = re.compile(r'"[^"]*"')  # after escaped quotes are gone (see _structure)
 _NOT_BRACKET_RE = re.compile(r"[^\[\]{}]+")
 _STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
@@ -84,11 +84,9 @@ def check_int(value: object, *, positive: bool = False) -> int | None:
 
 
 def check_truthy(value: object) -> bool:
-    """upstream `checkTruthy`: only true, 1, "1", "true", "on" (strings case-insensitive)."""
-    if isinstance(value, str):
-        return value.lower() in _TRUTHY
-    # `True == 1` and `1.0 == 1`, as in JavaScript's switch on numbers.
-    return value is True or (not isinstance(value, bool) and value == 1)
+    """upstream `checkTruthy`: only true, 1, "1", "true", "on" (strings case-insensitive);
+    the one implementation is model/config_vars.py's."""
+    return config_vars.check_truthy(value)
 
 
 def check_string(value: object) -> str | None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from supervisor.errors import BadRequest
+from supervisor.model.config_vars import check_truthy
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -277,9 +278,7 @@ def _is_dns_input(value: object) -> bool:
 
 
 def _truthy(value: object) -> bool:
-    if value is True or (isinstance(value, int) and not isinstance(value, bool) and value == 1):
-        return True
-    return isinstance(value, str) and value.lower() in ("1", "true", "on")
+    return check_truthy(value)  # upstream's checkTruthy, one implementation
 
 
 def _lenient_errors(network: object) -> list[str]:

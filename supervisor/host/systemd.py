@@ -26,6 +26,7 @@ from typing import Literal, Protocol
 from supervisor.errors import SupervisorError
 from supervisor.host import dbus
 from supervisor.host.actions import HostActions, Recorder
+from supervisor.model.config_vars import VPN_CONTROL, check_truthy, target_config
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -115,11 +116,8 @@ def units_for(actions: HostActions, bus_address: str | None = None,
 
 
 def truthy(value: str | bool | None) -> bool:
-    """Upstream's checkTruthy: true, "true", "1", "on" (any case). Until model/config_vars
-    parses device config variables, this is the only parsing the VPN switch needs."""
-    if isinstance(value, bool):
-        return value
-    return value is not None and value.strip().lower() in ("true", "1", "on")
+    """Upstream's checkTruthy, from the one table of device config variables."""
+    return check_truthy(value)
 
 
 # ============================================================================ VPN
@@ -127,7 +125,8 @@ def truthy(value: str | bool | None) -> bool:
 def vpn_target(raw: str | None, *, initial: bool) -> str:
     """The target SUPERVISOR_VPN_CONTROL: "true" at the first apply after boot and when unset,
     so a device whose VPN was switched off is reachable again after a reboot."""
-    return "true" if initial or raw is None else raw
+    given = {} if raw is None else {VPN_CONTROL: raw}
+    return target_config(given, initial=initial)[VPN_CONTROL]
 
 
 def vpn_enabled(active_state: str | None) -> bool:

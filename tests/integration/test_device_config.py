@@ -6,10 +6,14 @@ key with upstream's message without touching the file (config.md §5)."""
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from supervisor.store import Store
+from tests.integration.supervisor_proc import local_target
 
 DEFAULT_TXT = "gpu_mem=16\ndtparam=audio=on\n"
 
@@ -80,3 +84,58 @@ def test_persistent_logging_goes_to_config_json_and_needs_a_reboot(
             '{"SUPERVISOR_LOCAL_MODE":"true","SUPERVISOR_PERSISTENT_LOGGING":"true"}') in log
     # An invalid value whose current value is the default already changes nothing.
     assert "Ignoring invalid device configuration value" not in log
+
+
+TICKER = ["sh", "-c", "trap 'exit 0' TERM; i=0; while true; do echo tick $i; i=$((i+1)); "
+          "sleep 0.1; done"]
+
+
+def ticks(text: str) -> list[int]:
+    return [int(word) for line in text.splitlines()
+            if (word := line.rpartition("tick ")[2]).isdigit()]
+
+
+def test_log_control_off_publishes_no_line_until_it_is_on_again(
+        sup: Any, docker_client: Any, base_image: str) -> None:
+    def with_log_control(value: str) -> dict[str, Any]:
+        body = local_target({"t": {"image": base_image, "command": list(TICKER)}})
+        body["local"]["config"] = {"SUPERVISOR_LOG_CONTROL": value}
+        return body
+
+    proc = sup(with_log_control("true"))
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        with httpx.stream("GET", f"http://127.0.0.1:{proc.port}/v2/local/logs",
+                          timeout=None) as resp:
+            for line in resp.iter_lines():
+                message = json.loads(line).get("message", "")
+                seen.extend(ticks(message))
+                if stop.is_set():
+                    return
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        proc.wait_for(lambda: seen, what="ticks in the log stream")
+        (container,) = docker_client.containers.list(
+            filters={"label": "io.balena.supervised"})
+
+        def docker_tick() -> int:
+            return max(ticks(container.logs().decode()), default=-1)
+
+        proc.post_target(with_log_control("false"))
+        proc.wait_for(lambda: "Logs disabled by SUPERVISOR_LOG_CONTROL" in proc.log(),
+                      what="log control off")
+        off = docker_tick()  # every later tick is printed while publishing is off
+        proc.wait_for(lambda: docker_tick() >= off + 50, what="ticks printed while off")
+        on = docker_tick()
+        proc.post_target(with_log_control("true"))
+        proc.wait_for(lambda: "Logs enabled by SUPERVISOR_LOG_CONTROL" in proc.log(),
+                      what="log control on")
+        proc.wait_for(lambda: seen and seen[-1] > on, what="ticks again after it is on")
+        # The follower may deliver a line a moment after docker has it: the last ones before
+        # the switch back on are not checked.
+        assert [t for t in seen if off < t <= on - 40] == []
+    finally:
+        stop.set()
