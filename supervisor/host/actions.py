@@ -118,6 +118,9 @@ class DryRunHostActions:
 
     def __init__(self, record: Recorder | None = None) -> None:
         self._record = record
+        # what the dry-run units (host/systemd.py) pretended to start or stop, so that
+        # GET /v2/device/vpn answers what the VPN control believes
+        self.unit_states: dict[str, str] = {}
 
     async def _do(self, action: str, what: str, **details: Any) -> None:
         _LOGGER.info("Dry run: would %s", what)
@@ -143,7 +146,8 @@ class DryRunHostActions:
         return ()
 
     async def unit_active_state(self, unit: str) -> str | None:
-        return None  # no systemd: as if no unit were loaded
+        # no systemd: a unit is loaded only once the dry-run units pretended to switch it
+        return self.unit_states.get(unit_name(unit))
 
 
 def choose_host_actions(choice: str, bus_address: str | None,

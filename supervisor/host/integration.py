@@ -53,7 +53,7 @@ from supervisor.settings import Settings
 
 _LOGGER = logging.getLogger(__name__)
 
-RETRY_S = 60.0  # a failed discoverability switch is tried again after this
+RETRY_S = 60.0  # a failed VPN switch or extra-firmware volume is tried again after this
 
 
 @dataclass(frozen=True)
@@ -145,9 +145,10 @@ class HostIntegration:
             self._firmware_done = await ensure_extra_firmware(self.engine, self.settings)
             if not self._firmware_done:
                 retries.append(RETRY_S)
-        if self.discoverability is not None and \
-                not await self.discoverability.apply(config.flag("HOST_DISCOVERABILITY")):
-            retries.append(RETRY_S)
+        if self.discoverability is not None:
+            # A failure (logged) is tried again at the next change, as upstream: a host
+            # without avahi must not get the same error every minute.
+            await self.discoverability.apply(config.flag("HOST_DISCOVERABILITY"))
         await self._firewall(inputs, lookup(raw, "HOST_FIREWALL_MODE"))
         if self.vpn is not None:
             vpn_retry = await self._vpn(lookup(raw, VPN_CONTROL))

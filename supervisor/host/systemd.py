@@ -87,9 +87,11 @@ class DryRunUnits:
 
     name = "dry-run"
 
-    def __init__(self, record: Recorder | None = None) -> None:
+    def __init__(self, record: Recorder | None = None,
+                 states: dict[str, str] | None = None) -> None:
         self._record = record
-        self._states: dict[str, str] = {}  # what we pretended to do, so loops converge
+        # what we pretended to do, so loops converge (shared with the dry-run host actions)
+        self._states: dict[str, str] = {} if states is None else states
 
     async def _do(self, verb: str, unit: str, state: str) -> None:
         _LOGGER.info("Dry run: would %s %s", verb, unit)
@@ -112,7 +114,7 @@ def units_for(actions: HostActions, bus_address: str | None = None,
     """Follow `--host-actions` (already resolved: "systemd" or "dry-run")."""
     if actions.name == "systemd":
         return DBusUnits(bus_address)
-    return DryRunUnits(record)
+    return DryRunUnits(record, getattr(actions, "unit_states", None))
 
 
 def truthy(value: str | bool | None) -> bool:

@@ -51,3 +51,21 @@ def test_enabled_is_openvpn_not_inactive_nor_deactivating(tmp_path: Path, state:
     host = Units({} if state is None else {"openvpn.service": state})
     assert asyncio.run(vpn_status(tmp_path, host)) == (enabled, False)
     assert host.asked == ["openvpn.service"]
+
+
+def test_dry_run_status_follows_what_the_dry_run_vpn_control_did(tmp_path: Path) -> None:
+    """With --host-actions dry-run, GET /v2/device/vpn answers what VPN control pretended."""
+    from supervisor.host.systemd import VpnControl, units_for
+
+    host = DryRunHostActions()
+    control = VpnControl(units_for(host))
+
+    async def scenario() -> list[tuple[bool, bool]]:
+        seen = [await vpn_status(tmp_path, host)]
+        await control.set_enabled(True)
+        seen.append(await vpn_status(tmp_path, host))
+        await control.set_enabled(False)
+        seen.append(await vpn_status(tmp_path, host))
+        return seen
+
+    assert asyncio.run(scenario()) == [(False, False), (True, False), (False, False)]
