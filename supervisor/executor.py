@@ -36,6 +36,7 @@ from supervisor.model.steps import (
     Handover,
     Kill,
     Noop,
+    RecreateVolume,
     ReleaseLock,
     Remove,
     RemoveImage,
@@ -117,6 +118,7 @@ class Executor:
             RemoveNetwork: self._remove_network,
             CreateVolume: self._create_volume,
             RemoveVolume: self._remove_volume,
+            RecreateVolume: self._recreate_volume,
             EnsureSupervisorNetwork: self._ensure_supervisor_network,
             TakeLock: self._take_lock,
             ReleaseLock: self._release_lock,
@@ -342,8 +344,19 @@ class Executor:
         self.hooks.log(f"Removing volume '{step.name}'")
         try:
             await self.engine.remove_volume(step.name)
-        except SupervisorError as err:  # upstream logs and carries on
-            self.hooks.log(f"Error removing volume '{step.name}': {err}")
+        except SupervisorError as err:
+            if step.intent is not None:
+                raise  # a purge or a cleanup: the action that asked decides (intent_book.py)
+            self.hooks.log(f"Error removing volume '{step.name}': {err}")  # upstream carries on
+
+    async def _recreate_volume(self, step: RecreateVolume) -> None:
+        name = step.spec.name
+        try:
+            await self.engine.remove_volume(name)
+        except EngineConflict:
+            self.hooks.log(f"Error removing volume '{name}': still in use by another app")
+            return
+        await self.engine.create_volume(step.spec)
 
     async def _ensure_supervisor_network(self, step: EnsureSupervisorNetwork) -> None:
         await self.engine.ensure_supervisor_network()

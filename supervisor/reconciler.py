@@ -4,6 +4,12 @@ Events (a new target, a Docker event, an API action) only mark the loop dirty. E
 observes Docker afresh, so a stale plan is never run. One batch is applied at a time; a
 failure backs off exponentially (capped, reset on success). A new target cancels a batch that
 is only downloading (the pull is abandoned) and otherwise takes effect at the next round.
+
+The loop owns the `IntentBook` (intent_book.py): API actions `submit()` intents and await
+their futures. Each round settles the book after observing, plans with its view, and runs the
+steps carried out for an intent apart from its own, so that an intent's failure (a user lock)
+goes to the action that asked, not to the loop's backoff. A held loop (failure budget, a
+reboot) still carries out intents, and nothing else.
 """
 
 from __future__ import annotations
@@ -14,14 +20,17 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from supervisor.errors import InternalError, StepFailed, SupervisorError, UpdatesLocked
 from supervisor.executor import Executor
+from supervisor.intent_book import IntentBook
 from supervisor.model.current import Current
+from supervisor.model.intents import Intent, StopAll
 from supervisor.model.steps import Fetch, Noop, Step
 from supervisor.model.target import TargetState
-from supervisor.planner import PlanContext, plan
+from supervisor.planner import PlanContext, intents_only, plan
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -73,8 +82,10 @@ class Reconciler:
         self._target_changed = False
         self._batch: asyncio.Task[None] | None = None
         self._force = False
+        self._abandoned = False  # the batch in flight was cancelled on purpose
         self.state = LoopState()
         self.current: Current | None = None
+        self.intents = IntentBook(wake=self.mark_dirty)
 
     # -- triggers (cheap, from anywhere on the loop) ------------------------------------------
 
@@ -83,6 +94,14 @@ class Reconciler:
         if force:
             self.state.held = None
         self._dirty.set()
+
+    def submit(self, intent: Intent) -> asyncio.Future[Any]:
+        """Record an API intent and wake the loop; the future resolves once it is carried out
+        (or fails with the error of its step). A batch that only downloads is abandoned, as
+        for a new target: an action does not wait for a pull."""
+        future = self.intents.submit(intent)
+        self._abandon_downloads()
+        return future
 
     def hold(self, reason: str) -> None:
         """Stop applying (the device keeps running what it has) until a new target arrives or
@@ -106,20 +125,27 @@ class Reconciler:
         self.state.failures = 0
         self.state.held = None
         self._target_changed = True
+        self._abandon_downloads()
+        self.mark_dirty(force=force)
+
+    def _abandon_downloads(self) -> None:
         batch = self._batch
         if batch is not None and not batch.done() and self._only_downloads:
+            self._abandoned = True
             batch.cancel()
-        self.mark_dirty(force=force)
 
     # -- the loop ---------------------------------------------------------------------------
 
     async def run(self) -> None:
         self._dirty.set()
         while True:
+            # asyncio.timeout, not wait_for: 3.11's wait_for swallows a cancellation that
+            # arrives as the event is set (an intent resolving), and the task never stops
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._dirty.wait(), RESYNC_INTERVAL)
+                async with asyncio.timeout(RESYNC_INTERVAL):
+                    await self._dirty.wait()
             self._dirty.clear()
-            if self.state.held is None:
+            if self.state.held is None or self.intents.pending:
                 await self.apply_until_settled()
 
     async def apply_until_settled(self) -> None:
@@ -127,8 +153,9 @@ class Reconciler:
         self.state.apply_started = time.monotonic()
         self._publish()
         try:
-            while self.state.held is None:
+            while self.state.held is None or self.intents.pending:
                 self._target_changed = False
+                self._abandoned = False
                 steps = await self._round()
                 if steps is None:
                     break
@@ -153,9 +180,11 @@ class Reconciler:
         self.current = current
         try:
             ctx = await self._context(current)
-            if self._force:
-                ctx = _with_force(ctx)
-            steps = plan(current, self._target(), ctx)
+            target = self._target()
+            self._settle_intents(current, target, ctx)
+            ctx = replace(ctx, intents=self.intents.view(), force=ctx.force or self._force)
+            held = self.state.held is not None
+            steps = intents_only(current, target, ctx) if held else plan(current, target, ctx)
         except SupervisorError as err:
             await self._failed(err)
             return ()
@@ -166,6 +195,7 @@ class Reconciler:
         self.state.plan = steps
         self._publish()
         if not steps:
+            self.intents.settle(current, target, ctx.locked_apps, idle=True)
             self._settled()
             if self._on_settled is not None:
                 await self._on_settled()
@@ -174,12 +204,12 @@ class Reconciler:
             return steps
         _LOGGER.info("applying %s", ", ".join(s.kind for s in steps))
         self._only_downloads = all(isinstance(s, Fetch | Noop) for s in steps)
-        self._batch = asyncio.create_task(self._executor.apply(steps), name="apply-batch")
+        self._batch = asyncio.create_task(self._apply(steps), name="apply-batch")
         try:
             await self._batch
         except asyncio.CancelledError:
-            if self._batch.cancelled() and self._target_changed:
-                _LOGGER.info("batch abandoned for a new target")
+            if self._batch.cancelled() and self._abandoned:
+                _LOGGER.info("download batch abandoned for a new target or an API action")
                 return ()
             raise
         except SupervisorError as err:
@@ -194,6 +224,32 @@ class Reconciler:
         return steps
 
     _only_downloads: bool = False
+
+    def _settle_intents(self, current: Current, target: TargetState | None,
+                        ctx: PlanContext) -> None:
+        for intent in self.intents.settle(current, target, ctx.locked_apps):
+            if isinstance(intent, StopAll):
+                self.hold(intent.reason)  # nothing more is applied until the device is back
+
+    async def _apply(self, steps: tuple[Step, ...]) -> None:
+        """The loop's own steps as one batch; each step of an intent beside it, its outcome
+        reported to the book (its failure is the action's, not the loop's)."""
+        own = tuple(s for s in steps if getattr(s, "intent", None) is None)
+        theirs = [s for s in steps if getattr(s, "intent", None) is not None]
+        results = await asyncio.gather(
+            *(self._carry_out(s) for s in theirs),
+            *((self._executor.apply(own),) if own else ()), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def _carry_out(self, step: Step) -> None:
+        try:
+            await self._executor.apply((step,))
+        except SupervisorError as err:
+            self.intents.step_failed(step, err)
+            return
+        self.intents.step_done(step)
 
     def _settled(self) -> None:
         self._force = False
@@ -250,9 +306,3 @@ async def _gone(path: str) -> None:
 
 def _pretty(seconds: float) -> str:
     return f"{seconds:.0f}s" if seconds < 60 else f"{seconds / 60:.0f}m"
-
-
-def _with_force(ctx: PlanContext) -> PlanContext:
-    from dataclasses import replace
-
-    return replace(ctx, force=True)

@@ -49,6 +49,7 @@ from supervisor.logs import LogHub
 from supervisor.logsafe import EscapingFormatter
 from supervisor.model.config_vars import DeviceConfig
 from supervisor.model.current import (
+    ContainerInfo,
     Current,
     DeviceView,
     ImageProgress,
@@ -56,6 +57,7 @@ from supervisor.model.current import (
     Phase,
     Snapshot,
 )
+from supervisor.model.intents import StartService
 from supervisor.model.spec import DeviceContext, wants_supervisor_api
 from supervisor.model.status import build_services
 from supervisor.model.steps import Fetch
@@ -106,7 +108,7 @@ class Runtime:
         self._device: DeviceView
         self._refresh: asyncio.Future[None] | None = None
         # containers stopped by POST /v1/reboot|shutdown (a dry-run reboot starts them again)
-        self.stopped_for_power: list[str] = []
+        self.stopped_for_power: list[ContainerInfo] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._recorded_images: dict[tuple[int, str, str], str] = {}
 
@@ -474,13 +476,15 @@ class Runtime:
         stopped, self.stopped_for_power = self.stopped_for_power, []
         self._spawn(self._boot(stopped))
 
-    async def _boot(self, stopped: list[str]) -> None:
-        for cid in stopped:
-            try:
-                await self.engine.start(cid)
-            except SupervisorError as err:
-                _LOGGER.warning("could not start %s after the reboot: %s", cid[:12], err)
+    async def _boot(self, stopped: list[ContainerInfo]) -> None:
+        """Start what the reboot preparation stopped: intents the loop carries out."""
         self.reconciler.resume()
+        starts = [self.reconciler.submit(StartService(c.app_id, c.service_name, c.id))
+                  for c in stopped]
+        for c, outcome in zip(stopped, await asyncio.gather(*starts, return_exceptions=True),
+                              strict=True):
+            if isinstance(outcome, BaseException):
+                _LOGGER.warning("could not start %s after the reboot: %s", c.id[:12], outcome)
 
     async def _observe(self) -> Current:
         current = await self.engine.observe()

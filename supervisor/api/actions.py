@@ -1,11 +1,10 @@
-"""Intents the API asks for, carried out through the runtime: mark the loop dirty, set a
-target, restart or purge apps, take locks, reboot, blink. Handlers never call Docker; these
-methods ask the parts that own Docker (through the engine runner), SQLite and the host to act.
+"""The API's view of the device: `RuntimeApi` (the `ApiContext` the routes read) and
+`RuntimeActions` (the `Actions` protocol of api/context.py that every POST/PATCH route of
+api/v1.py and api/v2.py calls). Handlers never call Docker.
 
-Used by: every POST/PATCH route of api/v1.py and api/v2.py (through the `Actions` protocol of
-api/context.py); `RuntimeApi` is the `ApiContext` the routes read. Container work lives in
-`app_actions.py`, device-wide work in `device_actions.py`, both serialised by one
-`exclusive.ActionGate`.
+Container work is an intent (supervisor/actions/apps.py, volumes.py): validated, submitted to
+the reconciler, awaited. Device-wide work is in supervisor/actions/device.py. Both are
+serialised per app by one `actions.gate.ActionGate`.
 """
 
 from __future__ import annotations
@@ -15,19 +14,19 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from supervisor.actions.apps import AppActions
+from supervisor.actions.device import DeviceActions
+from supervisor.actions.gate import ActionGate
+from supervisor.actions.volumes import cleanup_volumes
 from supervisor.api.context import JournalParams, KeyRecord, ServiceAction
 from supervisor.api.local_target import local_target_state
-from supervisor.app_actions import AppActions
-from supervisor.device_actions import DeviceActions
 from supervisor.errors import NotFound
-from supervisor.exclusive import ActionGate
 from supervisor.health import runtime_health
 from supervisor.host.vpn import vpn_status
 from supervisor.journal import open_journal
 from supervisor.locks import container_path
 from supervisor.model.current import Snapshot
 from supervisor.model.target import parse_local_target
-from supervisor.volume_cleanup import cleanup_volumes
 
 if TYPE_CHECKING:
     from supervisor.events import EventBus
@@ -89,9 +88,9 @@ class RuntimeActions:
 
     def __init__(self, runtime: Runtime) -> None:
         self._rt = runtime
-        self.gate = ActionGate(runtime)
+        self.gate = ActionGate()
         self.apps = AppActions(runtime, self.gate)
-        self.device = DeviceActions(runtime, self.gate, stop_apps=self.apps.stop_all)
+        self.device = DeviceActions(runtime, self.gate)
 
     async def update(self, force: bool, cancel: bool) -> bool:
         return await self.device.update(force, cancel)

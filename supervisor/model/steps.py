@@ -38,6 +38,7 @@ class Kill:
     app_id: int
     service_name: str
     commit: str
+    intent: int | None = None  # the API intent this step carries out (model/intents.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +49,7 @@ class Stop:
     app_id: int
     service_name: str
     commit: str
+    intent: int | None = None  # the API intent this step carries out (model/intents.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +72,7 @@ class Start:
     commit: str
     start: bool = True
     container_id: str | None = None  # an existing created container to start
+    intent: int | None = None  # the API intent this step carries out (model/intents.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +130,17 @@ class RemoveVolume:
     kind: ClassVar[str] = "removeVolume"
     name: str
     app_id: int
+    intent: int | None = None  # the API intent this step carries out (model/intents.py)
+
+
+@dataclass(frozen=True, slots=True)
+class RecreateVolume:
+    """Remove and create again a volume the OS owns (a purge's extra firmware volume); one in
+    use by another app is kept, with a log line (api.md §5.2)."""
+
+    kind: ClassVar[str] = "recreateVolume"
+    spec: VolumeSpec
+    intent: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +154,7 @@ class TakeLock:
     app_id: int
     services: tuple[str, ...]
     force: bool = False
+    intent: int | None = None  # the API intent this step carries out (model/intents.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,9 +208,9 @@ class Noop:
 
 Step = (
     Fetch | RemoveImage | Kill | Stop | Remove | Start | UpdateMetadata | Handover | UpdateCommit
-    | CreateNetwork | RemoveNetwork | CreateVolume | RemoveVolume | EnsureSupervisorNetwork
-    | TakeLock | ReleaseLock | RequireReboot | ChangeConfig | SetBootConfig | SetRebootBreadcrumb
-    | Noop
+    | CreateNetwork | RemoveNetwork | CreateVolume | RemoveVolume | RecreateVolume
+    | EnsureSupervisorNetwork | TakeLock | ReleaseLock | RequireReboot | ChangeConfig
+    | SetBootConfig | SetRebootBreadcrumb | Noop
 )
 DEVICE_CONFIG_STEPS = (ChangeConfig, SetBootConfig, SetRebootBreadcrumb)
 
@@ -204,6 +219,8 @@ def describe(step: Step) -> dict[str, Any]:
     """A JSON-ready description (for the journal, logs and GET /v2/plan)."""
     out: dict[str, Any] = {"action": step.kind}
     for key, value in asdict(step).items():
+        if key == "intent" and value is None:
+            continue  # the loop's own step: no API intent behind it
         if key == "spec":
             out["name"] = value.get("name")
             out["serviceName"] = value.get("service_name")

@@ -8,11 +8,13 @@ volumes, images and dependencies are ready). Rules follow upstream's `inferNextS
 
 Split by concern: `core` (gating and the app loop), `apps` (per-app sequencing and locks),
 `services` (per-service rules and update strategies), `specs` (memoised container specs),
-`resources` (networks and volumes), `images` (housekeeping).
+`resources` (networks and volumes), `images` (housekeeping), `intents` (the steps that carry
+out the API's intents).
 """
 
 from supervisor.planner.context import PlanContext
 from supervisor.planner.core import plan
+from supervisor.planner.intents import intents_only
 from supervisor.planner.specs import clear_spec_cache
 
-__all__ = ["PlanContext", "clear_spec_cache", "plan"]
+__all__ = ["PlanContext", "clear_spec_cache", "intents_only", "plan"]

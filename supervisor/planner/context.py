@@ -1,10 +1,12 @@
-"""What the planner may know beyond Docker's containers: images, locks, commits, flags."""
+"""What the planner may know beyond Docker's containers: images, locks, commits, flags, and
+the intents of API actions."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from supervisor.model.intents import IntentView
 from supervisor.model.spec import DeviceContext
 
 
@@ -52,3 +54,5 @@ class PlanContext:
     handover_done: frozenset[tuple[int, str]] = frozenset()
     # None: device configuration is not managed in this run (no target, or a test)
     device_config: DeviceConfigInput | None = None
+    # what API actions asked for and is not carried out yet (the reconciler's IntentBook)
+    intents: IntentView = field(default_factory=IntentView)

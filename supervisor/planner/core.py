@@ -3,7 +3,8 @@
 Gating follows upstream's `inferNextSteps` (engine.md §6): while the supervisor0 network is
 wrong nothing else happens (the services attached to it are killed so it can be recreated);
 image housekeeping runs alone when there is any; then each app in the target or in Docker is
-planned on its own and the batches are joined.
+planned on its own, merged with the steps of the API's intents for it (planner/intents.py), and
+the batches are joined. A pending reboot/shutdown preparation (`StopAll`) replaces the plan.
 """
 
 from __future__ import annotations
@@ -16,13 +17,17 @@ from supervisor.planner.apps import AppObjects, AppPlanner, gate_on_lock
 from supervisor.planner.context import PlanContext
 from supervisor.planner.device_config import device_config_steps
 from supervisor.planner.images import image_steps
+from supervisor.planner.intents import app_steps, cleanup_steps, stop_all_steps
 from supervisor.planner.services import kill
 
 
 def plan(current: Current, target: TargetState | None, ctx: PlanContext) -> tuple[Step, ...]:
-    """The next batch of independent steps; empty when current matches target."""
+    """The next batch of independent steps; empty when current matches target and no
+    intent of the API is pending."""
+    if ctx.intents.stop_all is not None:
+        return stop_all_steps(current, target, ctx)  # reboot/shutdown: nothing else
     if target is None:
-        return ()  # no target yet: touch nothing
+        return tuple(cleanup_steps(current, ctx))  # no target yet: touch nothing else
     configuring = device_config_steps(ctx.device_config)
     if configuring:  # device configuration runs alone (engine.md §15.2 step 3)
         return configuring
@@ -34,10 +39,14 @@ def plan(current: Current, target: TargetState | None, ctx: PlanContext) -> tupl
     apps: dict[int, TargetApp] = {app.app_id: app for app in target.apps.values()}
     objects = _group_by_app(current)
     app_ids = set(apps) | set(objects) | ctx.locked_apps | ctx.lock_leftovers
+    app_ids |= ctx.intents.app_ids
     steps: list[Step] = []
     for app_id in sorted(app_ids):
         objs = objects.get(app_id) or AppObjects()
-        steps += AppPlanner(app_id, apps.get(app_id), objs, ctx, target).steps()
+        own = AppPlanner(app_id, apps.get(app_id), objs, ctx, target).steps()
+        steps += app_steps(app_id, own, objs.containers, (v.name for v in objs.volumes), target,
+                           ctx.intents.for_app(app_id), ctx)
+    steps += cleanup_steps(current, ctx)
     steps = _one_fetch_per_image(steps)
     if not steps and ctx.downloading:
         steps.append(Noop("waiting for downloads"))

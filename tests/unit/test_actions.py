@@ -12,12 +12,14 @@ import json
 import os
 import stat
 from collections.abc import Coroutine
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from supervisor.actions.apps import extra_firmware_volume, pick_container, target_service
+from supervisor.actions.gate import ActionGate, lock_dirs
+from supervisor.actions.volumes import orphan_volumes
 from supervisor.api.actions import RuntimeActions
 from supervisor.api.context import (
     APP_NOT_FOUND,
@@ -26,22 +28,20 @@ from supervisor.api.context import (
     JournalParams,
 )
 from supervisor.api.local_target import camel_case, local_target_state
-from supervisor.app_actions import extra_firmware_volume, pick_container, target_service
 from supervisor.device_flags import instant_updates, lock_override
 from supervisor.errors import BadRequest, NotFound, SupervisorError, UpdatesLocked
-from supervisor.exclusive import ActionGate, batch_in_flight, hold_app, lock_dirs, not_recreated
 from supervisor.host.actions import DryRunHostActions
 from supervisor.journal import open_journal
-from supervisor.model.current import ContainerInfo, Current, DeviceView, Snapshot, VolumeInfo
+from supervisor.model.current import ContainerInfo, Current, VolumeInfo
+from supervisor.model.intents import IntentView, Pending, RestartApp, Stage, not_recreated
 from supervisor.model.spec import DeviceContext, container_spec
-from supervisor.model.steps import Fetch, Kill, Noop, Start
+from supervisor.model.steps import Kill, Start, TakeLock
 from supervisor.model.target import TargetState, parse_local_target
 from supervisor.planner import PlanContext, plan
 from supervisor.reconciler import LoopState
 from supervisor.runtime import Runtime
 from supervisor.settings import load_settings
 from supervisor.store import AsyncStore
-from supervisor.volume_cleanup import orphan_volumes
 
 UUID = "d9f3c0a1b2c3d4e5f60718293a4b5c6d"
 IMAGE = "registry.local/app/main:latest"
@@ -131,48 +131,47 @@ def _ctx(**kw: Any) -> PlanContext:
                        **kw)
 
 
-def test_hold_keeps_the_loop_from_creating_the_apps_containers() -> None:
+def test_a_held_app_gets_its_kills_and_nothing_created() -> None:
     # host networking: no bridge to create first, so the real target plans starts at once
     tgt = target({"one": {"network_mode": "host"}, "two": {"network_mode": "host"}})
     real = plan(Current(), tgt, _ctx(locked_apps=frozenset({1})))
     assert {type(s) for s in real} == {Start}
-    held = hold_app(tgt, 1)
-    steps = plan(Current(), held, _ctx(locked_apps=frozenset({1})))
-    assert steps and all(isinstance(s, Noop) for s in steps)
-    # while the action holds the app's lock the loop neither takes nor releases it
-    under_action = plan(Current(), held, _ctx(foreign_locked=frozenset({1})))
-    assert under_action and all(isinstance(s, Noop) for s in under_action)
-    # the running containers' config hash is unchanged: the loop leaves them alone
-    spec = container_spec(tgt.apps["1"], tgt.apps["1"].release.services["one"],  # type: ignore[union-attr]
-                          DeviceContext(device_uuid=UUID), image_ref="sha256:img")
-    held_spec = container_spec(held.apps["1"], held.apps["1"].release.services["one"],  # type: ignore[union-attr]
-                               DeviceContext(device_uuid=UUID), image_ref="sha256:img")
-    assert held_spec.config_hash == spec.config_hash
-    assert held_spec.depends_on == ("one",)
-    # other apps and the original target are untouched
-    assert tgt.apps["1"].release.services["one"].config.depends_on == ()  # type: ignore[union-attr]
-    assert hold_app(tgt, 2) == tgt
+    restart = RestartApp(1, frozenset({"a"}))
+    held = IntentView((Pending(7, restart),))
+    # one container left to kill: the kill, and none of the app's creates
+    current = Current(containers=(container("one", cid="a"),))
+    steps = plan(current, tgt, _ctx(locked_apps=frozenset({1}), intents=held))
+    assert [type(s) for s in steps] == [Kill] and steps[0].intent == 7  # type: ignore[union-attr]
+    # the lock first, taken for the intent with its force; under another operation's lock
+    # (a reboot) the kill goes ahead without one
+    forced = IntentView((Pending(7, RestartApp(1, frozenset({"a"}), force=True)),))
+    (take,) = plan(current, tgt, _ctx(intents=forced))
+    assert take == TakeLock(app_id=1, services=("one", "two"), force=True, intent=7)
+    under_action = plan(current, tgt, _ctx(foreign_locked=frozenset({1}), intents=held))
+    assert [type(s) for s in under_action] == [Kill]
+    # the kills done, nothing is created while the hold lasts (a purge's volumes go first)
+    assert plan(Current(), tgt, _ctx(locked_apps=frozenset({1}), intents=held)) == ()
+    waiting = IntentView((Pending(7, restart, Stage.WAIT),))
+    assert {type(s) for s in plan(Current(), tgt, _ctx(locked_apps=frozenset({1}),
+                                                       intents=waiting))} == {Start}
 
 
 def test_not_recreated_waits_for_new_running_containers() -> None:
     tgt = target({"one": {}, "two": {"running": False}})
-    device = DeviceView(uuid=UUID, name="d", api_port=1, os_version="", supervisor_version="",
-                        device_type="", arch="")
 
-    def snap(*containers: ContainerInfo) -> Snapshot:
-        return Snapshot(seq=1, device=device, current=Current(containers=containers),
-                        target=tgt)
+    def snap(*containers: ContainerInfo) -> Current:
+        return Current(containers=containers)
 
     old = {"a", "b"}
-    assert not_recreated(snap(container("one", cid="a"), container("two", cid="b")), 1, old) \
-        == ["one", "two"]
+    assert not_recreated(snap(container("one", cid="a"), container("two", cid="b")), tgt, 1,
+                         old) == ["one", "two"]
     stopped_new = container("one", cid="c", running=False)
     created_two = container("two", cid="d", image_id=12, running=False)
     # "two" does not want to run: a new created container is enough
-    assert not_recreated(snap(stopped_new, created_two), 1, old) == ["one"]
-    assert not_recreated(snap(container("one", cid="c"), created_two), 1, old) == []
-    assert not_recreated(snap(), 1, old, only={"two"}) == ["two"]
-    assert not_recreated(snap(), 5, old) == []  # not in the target: nothing to wait for
+    assert not_recreated(snap(stopped_new, created_two), tgt, 1, old) == ["one"]
+    assert not_recreated(snap(container("one", cid="c"), created_two), tgt, 1, old) == []
+    assert not_recreated(snap(), tgt, 1, old, only={"two"}) == ["two"]
+    assert not_recreated(snap(), tgt, 5, old) == []  # not in the target: nothing to wait for
 
 
 def test_orphan_volumes_scoped_to_the_callers_apps() -> None:
@@ -288,7 +287,6 @@ class FakeLoop:
         self.state = LoopState()
         self.current: Current | None = Current()
         self.calls: list[tuple[str, bool]] = []
-        self._batch: asyncio.Future[None] | None = None
 
     def mark_dirty(self, *, force: bool = False) -> None:
         self.calls.append(("mark_dirty", force))
@@ -298,13 +296,6 @@ class FakeLoop:
 
     def hold(self, reason: str) -> None:
         self.state.held = reason
-
-    @property
-    def batch_in_flight(self) -> bool:
-        """As the reconciler's: a running batch that does more than download."""
-        if self._batch is None or self._batch.done():
-            return False
-        return not all(isinstance(step, Fetch | Noop) for step in self.state.plan)
 
 
 class Device:
@@ -498,10 +489,9 @@ def test_update_triggers_follow_force_cancel_and_instant_updates(tmp_path: Path)
     run(scenario())
 
 
-def test_gate_serialises_actions_per_app_and_waits_for_a_batch(tmp_path: Path) -> None:
+def test_gate_serialises_actions_per_app() -> None:
     async def scenario() -> None:
-        dev = await make_device(tmp_path)
-        gate = ActionGate(dev.rt, wait=0.1, batch_wait=0.2)
+        gate = ActionGate(wait=0.1)
         async with gate.hold([1]):
             assert gate.busy(1)
             with pytest.raises(UpdatesLocked) as held:
@@ -510,44 +500,8 @@ def test_gate_serialises_actions_per_app_and_waits_for_a_batch(tmp_path: Path) -
             assert str(held.value) == \
                 "Locks for app 1 are being held by another supervisor operation"
             assert not gate.busy(2)  # what the failed hold took was given back
-        # a batch that drives containers holds actions back; a download-only one does not
-        batch: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        dev.loop._batch = batch
-        dev.loop.state.plan = (Fetch(image=IMAGE, app_id=1, service_name="main", commit="c"),)
-        assert not batch_in_flight(dev.rt.reconciler)
-        dev.loop.state.plan = (Kill(container_id="x", name="n", app_id=1, service_name="main",
-                                    commit="c"),)
-        assert batch_in_flight(dev.rt.reconciler)
-        with pytest.raises(SupervisorError, match="still applying"):
-            async with gate.hold([1]):
-                pass
-        asyncio.get_running_loop().call_later(0.05, batch.set_result, None)
-        async with gate.hold([1]):
-            assert batch.done()
-        await dev.rt.store.close()
-
-    run(scenario())
-
-
-def test_hold_target_is_given_back_unless_a_new_one_arrived(tmp_path: Path) -> None:
-    from supervisor.exclusive import holding_app
-
-    async def scenario() -> None:
-        tgt = target({"main": {}})
-        dev = await make_device(tmp_path, tgt)
-        async with holding_app(dev.rt, 1):
-            held = dev.rt.target
-            assert held is not None and held is not tgt
-            release = held.apps["1"].release
-            assert release is not None
-            assert release.services["main"].config.depends_on == ("main",)
-        assert dev.rt.target is tgt
-        assert dev.loop.calls == [("target_changed", False)]
-        newer = replace(tgt, name="newer")
-        async with holding_app(dev.rt, 1):
-            dev.rt.target = newer
-        assert dev.rt.target is newer
-        await dev.rt.store.close()
+        async with gate.hold([1]):  # free again
+            assert gate.busy(1)
 
     run(scenario())
 

@@ -3,7 +3,9 @@
 
 Data flow: API route -> `RuntimeActions` -> here. Reboot, shutdown and a host-config patch
 first hold the update locks of every app (lock dirs on disk plus running services, locks.md
-§5.1), so a user lock refuses them with 423 unless forced; the host itself is reached through
+§5.1), so a user lock refuses them with 423 unless forced. Reboot and shutdown then submit a
+`StopAll` intent: the loop stops every running container (the seed's "first try to stop
+applications") and stays held until the device comes back. The host itself is reached through
 `host.actions` (logind over D-Bus, or a dry run that is recorded in SQLite).
 """
 
@@ -11,16 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from supervisor.actions.gate import ActionGate, all_app_services, update_locks
 from supervisor.device_flags import instant_updates, lock_override
 from supervisor.errors import UpdatesLocked
-from supervisor.exclusive import ActionGate, all_app_services, update_locks
 from supervisor.host.actions import restart_host_services
 from supervisor.host.breadcrumb import host_os_update_in_progress
 from supervisor.host.hostconfig import apply_patch, read_host_config, read_hostname, validate_patch
+from supervisor.model.current import Current
+from supervisor.model.intents import StopAll
 
 if TYPE_CHECKING:
     from supervisor.runtime import Runtime
@@ -33,11 +36,9 @@ HUP_MESSAGE = "Waiting for Host OS update to finish"
 
 
 class DeviceActions:
-    def __init__(self, runtime: Runtime, gate: ActionGate,
-                 stop_apps: Callable[[], Awaitable[list[str]]] | None = None) -> None:
+    def __init__(self, runtime: Runtime, gate: ActionGate) -> None:
         self._rt = runtime
         self._gate = gate
-        self._stop_apps = stop_apps
         self._tasks: set[asyncio.Task[None]] = set()
         self.power_delay = POWER_DELAY
         self.host_root = HOST_ROOT
@@ -52,15 +53,21 @@ class DeviceActions:
         if not force and await asyncio.to_thread(host_os_update_in_progress,
                                                  rt.settings.state_dir):
             raise UpdatesLocked(HUP_MESSAGE)
-        services = await all_app_services(rt)
-        async with self._gate.hold(services), update_locks(
-                rt, services, force=force or lock_override(rt.target)):
+        services = await all_app_services(rt.locks, rt.snapshot.current)
+        force = force or lock_override(rt.target)
+        reason = "Rebooting" if action == "reboot" else "Shutting down"
+        async with self._gate.hold(services), update_locks(rt.locks, services, force=force,
+                                                           log=rt.log):
             # the seed: "this will first try to stop applications"; then nothing more is
             # applied until the device comes back (a dry run resumes, see runtime)
-            rt.reconciler.hold("Rebooting" if action == "reboot" else "Shutting down")
-            if self._stop_apps is not None:
-                rt.stopped_for_power = await self._stop_apps()
-            rt.log("Rebooting" if action == "reboot" else "Shutting down")
+            current = rt.reconciler.current or Current()  # kept fresh by Docker events
+            running = [c for c in current.containers if c.running]
+            if running:
+                await rt.reconciler.submit(StopAll(reason, force))  # holds the loop when done
+            else:
+                rt.reconciler.hold(reason)
+            rt.stopped_for_power = running
+            rt.log(reason)
             task = asyncio.create_task(self._power_later(action), name=f"host-{action}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -96,8 +103,9 @@ class DeviceActions:
         patch = validate_patch(body)  # BadRequest with upstream's 400 text
         force = force or patch.force or lock_override(rt.target)
         # A host-config change may restart balenaEngine: under every app's locks (§3.12).
-        services = await all_app_services(rt)
-        async with self._gate.hold(services), update_locks(rt, services, force=force):
+        services = await all_app_services(rt.locks, rt.snapshot.current)
+        async with self._gate.hold(services), update_locks(rt.locks, services, force=force,
+                                                           log=rt.log):
             units = await asyncio.to_thread(
                 apply_patch, rt.settings.boot_dir, patch, rt.settings.uuid, self._write_hostname)
             if units:

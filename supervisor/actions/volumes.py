@@ -1,25 +1,25 @@
 """`GET /v2/cleanup-volumes`: remove app volumes nothing uses or wants (api.md §4.16).
 
-Data flow: API route -> `RuntimeActions.cleanup_volumes` -> a fresh engine observation ->
-`orphan_volumes()` (pure) -> engine removals. Deliberate fix of upstream: a scoped key only
-cleans its own apps' volumes (upstream let it remove other apps' unmounted volumes), and the
-declared volumes of every target app are protected, not only the in-scope ones.
+Data flow: API route -> `RuntimeActions.cleanup_volumes` -> a fresh look at Docker ->
+`orphan_volumes()` (pure) -> a `RemoveVolumes` intent the loop carries out (one
+`removeVolume` step each; a volume still in use is kept) -> the names removed. Deliberate fix
+of upstream: a scoped key only cleans its own apps' volumes (upstream let it remove other
+apps' unmounted volumes), and the declared volumes of every target app are protected, not
+only the in-scope ones.
 """
 
 from __future__ import annotations
 
-import logging
 import re
 from typing import TYPE_CHECKING
 
-from supervisor.errors import EngineConflict
 from supervisor.model.current import Current
+from supervisor.model.intents import RemoveVolumes
 from supervisor.model.target import TargetState
 
 if TYPE_CHECKING:
     from supervisor.runtime import Runtime
 
-_LOGGER = logging.getLogger(__name__)
 _APP_VOLUME = re.compile(r"^(\d+)_\S+$")
 
 
@@ -52,14 +52,8 @@ def orphan_volumes(current: Current, target: TargetState | None,
 async def cleanup_volumes(runtime: Runtime, app_ids: frozenset[int] | None) -> list[str]:
     """Remove the orphans; returns the names removed."""
     current = await runtime.engine.observe()
-    removed = []
-    for name in orphan_volumes(current, runtime.target, app_ids):
-        try:
-            await runtime.engine.remove_volume(name)
-        except EngineConflict:
-            # mounted by a container we do not supervise (we only observe our own)
-            _LOGGER.info("volume %s is in use; kept", name)
-            continue
-        _LOGGER.info("removed orphaned volume %s", name)
-        removed.append(name)
+    names = orphan_volumes(current, runtime.target, app_ids)
+    if not names:
+        return []
+    removed: list[str] = await runtime.reconciler.submit(RemoveVolumes(tuple(names)))
     return removed
