@@ -193,6 +193,50 @@ def test_power_cut_in_the_middle_of_an_update_converges_after_boot(device: Devic
     assert services["slow"]["status"] == "Running"
 
 
+def _supervisor_pid(device: Device) -> int:
+    """The supervisor's python process: healthdog's child, in the unit's cgroup."""
+    main = device.sh("systemctl show -p MainPID --value balena-supervisor").strip()
+    return int(device.sh(f"pgrep -P {main} -f 'balena-supervisor run'").split()[0])
+
+
+def _restarts(device: Device) -> int:
+    return int(device.sh("systemctl show -p NRestarts --value balena-supervisor").strip())
+
+
+def test_systemd_restarts_a_crashed_supervisor(device: Device) -> None:
+    before = device.wait_converged({"web", "worker", "slow"})
+    restarts, pid = _restarts(device), _supervisor_pid(device)
+    device.sh(f"kill -KILL {pid}")
+    # healthdog exits with the child's status, Restart=always starts the unit again
+    wait_for("the unit restarted", lambda: _restarts(device) > restarts, 300)
+    wait_for("/ping from the new supervisor", lambda: bool(device.vm.ping()), 300)
+    after = device.wait_converged({"web", "worker", "slow"})
+    assert _supervisor_pid(device) != pid
+    # the apps were not touched by the supervisor's crash
+    assert {n: s["containerId"] for n, s in after.items()} == {
+        n: s["containerId"] for n, s in before.items()}
+
+
+def test_watchdog_restarts_a_hung_supervisor(device: Device) -> None:
+    device.wait_converged({"web", "worker", "slow"})
+    # The unit's WatchdogSec (180 s) shortened by a runtime drop-in, so the test waits 20 s
+    # for the timeout instead of 3 minutes; healthdog and the unit are the image's own.
+    dropin = "/run/systemd/system/balena-supervisor.service.d"
+    device.sh(f"mkdir -p {dropin} && printf '[Service]\\nWatchdogSec=20\\n' > {dropin}/test.conf"
+              " && systemctl daemon-reload && systemctl restart balena-supervisor")
+    try:
+        wait_for("/ping after the restart", lambda: bool(device.vm.ping()), 300)
+        restarts, pid = _restarts(device), _supervisor_pid(device)
+        device.sh(f"kill -STOP {pid}")  # hung: /v1/healthy no longer answers
+        wait_for("the watchdog restarting the unit", lambda: _restarts(device) > restarts, 300)
+        assert "Watchdog timeout" in device.sh(
+            "journalctl -b -u balena-supervisor -o cat --no-pager | tail -n 50")
+        wait_for("/ping from the new supervisor", lambda: bool(device.vm.ping()), 300)
+        assert _supervisor_pid(device) != pid
+    finally:
+        device.sh(f"rm -rf {dropin} && systemctl daemon-reload")
+    device.wait_converged({"web", "worker", "slow"})
+
 
 def test_powers_off_and_cold_boots_through_uefi(device: Device) -> None:
     device.wait_converged({"web", "worker", "slow"})
