@@ -34,7 +34,7 @@ help:
 	@echo "make image          the device image build/image/qemux86-64.img (docs/device-image.md)"
 	@echo "make qemu-up        boot it in QEMU; prints SUPERVISOR=http://127.0.0.1:<port>"
 	@echo "make qemu-down      power the VM off"
-	@echo "make qemu-test      end-to-end tests on the image in QEMU (tests/image, ~10 min)"
+	@echo "make qemu-test      end-to-end tests on the image in QEMU (tests/image, ~15 min)"
 
 install: $(STAMP)
 

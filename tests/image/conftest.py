@@ -6,7 +6,7 @@ device as a user does: the supervisor API forwarded to 127.0.0.1, QEMU's monitor
 the power button and power cuts, and the development-mode root shell on the VM's second
 serial port to read files and ask Docker what really runs.
 
-`make test` does not collect this folder (a run takes ~10 minutes of TCG): only QEMU_TEST=1,
+`make test` does not collect this folder (a run takes ~15 minutes of TCG): only QEMU_TEST=1,
 which `make qemu-test` sets. The VM gets its own run dir (build/qemu-test) and API port
 (QEMU_TEST_API_PORT, 48491), so a VM of `make qemu-up` is left alone. QEMU_KEEP=1 leaves the
 VM running after the session, QEMU_REUSE=1 uses such a VM instead of a fresh one.

@@ -3,7 +3,8 @@
 The tests run in this order on one VM, each leaving it converged:
 boot (BIOS) with the preloaded app -> /v1/device -> identify LED -> a pushed env change -> a
 reboot through logind -> a requires-reboot service -> a power cut in the middle of an update
--> power off and a cold boot through UEFI firmware.
+-> a crashed supervisor restarted by systemd -> a hung one restarted by the watchdog -> power
+off and a cold boot through UEFI firmware.
 Every wait is for a condition, with limits sized for TCG on a loaded 2-core machine.
 """
 
