@@ -11,7 +11,6 @@ import shutil
 import subprocess
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,9 @@ from supervisor.host.actions import (
     restart_host_services,
 )
 from supervisor.host.dbus import DBusCallError
+
+# a private dbus-daemon, no Docker: these run (and fail) without the engine
+pytestmark = pytest.mark.no_engine
 
 LOGIN1 = ("org.freedesktop.login1", "/org/freedesktop/login1", "org.freedesktop.login1.Manager")
 SYSTEMD1 = ("org.freedesktop.systemd1", "/org/freedesktop/systemd1",
@@ -201,10 +203,10 @@ def test_reboot_without_logind_fails_clearly(bus_address: str) -> None:
 
 
 def test_unreachable_bus_fails_fast(tmp_path: Path) -> None:
-    t0 = time.monotonic()
+    # an error, not a retry loop: the generous limit only turns a hang into a failure
     with pytest.raises(DBusCallError):
-        asyncio.run(LogindHostActions(f"unix:path={tmp_path}/no-bus").reboot())
-    assert time.monotonic() - t0 < 5
+        asyncio.run(asyncio.wait_for(
+            LogindHostActions(f"unix:path={tmp_path}/no-bus").reboot(), 60))
 
 
 def test_restart_host_services_falls_back_to_resin_name(host: FakeHost,
@@ -285,5 +287,7 @@ def test_dry_run_records_and_touches_nothing(host: FakeHost, bus_address: str,
     assert host.calls == []  # nothing reached the bus
 
 
-def test_dry_run_without_recorder() -> None:
-    asyncio.run(DryRunHostActions().reboot())
+def test_dry_run_without_recorder(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("INFO"):
+        asyncio.run(DryRunHostActions().reboot())
+    assert "Dry run: would reboot" in caplog.text

@@ -27,6 +27,9 @@ from supervisor.host.systemd import (
 )
 from tests.integration.dbuskit import FakeSystemd, private_bus
 
+# a private dbus-daemon, no Docker: these run (and fail) without the engine
+pytestmark = pytest.mark.no_engine
+
 OPENVPN = "openvpn.service"
 AVAHI = "avahi-daemon.service"
 AVAHI_SOCKET = "avahi-daemon.socket"

@@ -136,14 +136,26 @@ def test_repeated_apply_failures_exhaust_the_budget_and_show_in_the_report(
                                       status="Downloaded"),))
             state = runtime.reconciler.state
 
+            ticks = [0]
+            ticked = asyncio.Event()
+
             async def tick() -> None:
-                await asyncio.sleep(0.05)
+                ticks[0] += 1
+                ticked.set()
+                await asyncio.sleep(0.001)
+
+            async def a_whole_round() -> None:
+                # two of the watcher's sleeps: it has looked once at everything set before
+                until = ticks[0] + 2
+                while ticks[0] < until:
+                    ticked.clear()
+                    await ticked.wait()
 
             sync._sleep = lambda seconds: tick()
             watcher = asyncio.create_task(sync._watch())
             for n in range(1, 4):
                 state.failures, state.last_error = n, f"pull failed {n}"
-                await asyncio.sleep(0.2)
+                await asyncio.wait_for(a_whole_round(), 30)
             assert sync.budget.exhausted
             assert runtime.reconciler.held == ["pull failed 3"]
             report = await sync.collect()
@@ -152,8 +164,13 @@ def test_repeated_apply_failures_exhaust_the_budget_and_show_in_the_report(
             assert report["apps"][APP]["releases"][COMMIT]["update_status"] == "aborted"
 
             sync.poll_now(force=True)  # a forced update gives the target another chance
-            await asyncio.sleep(0.2)
-            assert not sync.budget.exhausted
+
+            async def reset() -> None:
+                # the reset runs in a task of its own: poll for it
+                while sync.budget.exhausted:  # noqa: ASYNC110
+                    await asyncio.sleep(0.001)
+
+            await asyncio.wait_for(reset(), 30)
             report = await sync.collect()
             assert report["status"] == "Idle"
             assert report["apps"][APP]["releases"][COMMIT]["update_status"] == "downloaded"

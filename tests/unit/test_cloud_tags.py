@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from supervisor.cloud.http import CloudError, Response
 from supervisor.cloud.tags import TagReporter
 from supervisor.store import AsyncStore
@@ -60,10 +62,9 @@ def test_failures_keep_tags_pending_and_honour_retry_after(tmp_path: Path) -> No
             tags = TagReporter(client=cloud, uuid=lambda: "dev1", store=store,
                                interval_ms=lambda: 60_000, sleep=sleep, log=lambda m: None)
             await tags.set_tags({"a": "1"})
-            try:
+            with pytest.raises(CloudError) as failed:
                 await tags.report_once()
-            except CloudError as err:
-                assert err.retry_after == 9
+            assert failed.value.retry_after == 9
             assert await store.tags("target") == {"a": "1"}
             task = asyncio.create_task(tags.run())
             for _ in range(500):

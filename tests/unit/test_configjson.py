@@ -220,7 +220,8 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None,  # fsyncs: seconds on a loaded disk
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.dictionaries(st.text(min_size=1), json_values.filter(lambda v: v is not None)))
 def test_update_round_trips_any_json(tmp_path: Path, changes: dict[str, Any]) -> None:
     path = tmp_path / "config.json"

@@ -140,14 +140,14 @@ def test_stop_leaves_led_off_and_ends_the_pattern(tmp_path: Path) -> None:
 def test_blink_returns_immediately(tmp_path: Path) -> None:
     led = SysfsBrightnessLed(str(_led_file(tmp_path)))
 
-    async def scenario() -> float:
-        t0 = time.monotonic()
+    async def scenario() -> bool:
         await led.blink(3.0)
-        elapsed = time.monotonic() - t0
+        # returned with the pattern still running: blink did not wait for the 3 s
+        running = led.blinking
         await led.stop()
-        return elapsed
+        return running
 
-    assert asyncio.run(scenario()) < 0.1
+    assert asyncio.run(scenario())
 
 
 def test_active_low_swaps_values_and_ends_high(tmp_path: Path) -> None:
@@ -267,9 +267,13 @@ def test_make_led_dev_null_and_driver_none_are_silent(
 
 
 def test_null_led_blink_and_stop_do_nothing() -> None:
-    async def scenario() -> None:
+    async def scenario() -> set[asyncio.Task[object]]:
+        before = asyncio.all_tasks()
         led = NullLed()
-        await led.blink(1.0)
+        await led.blink(3600.0)
+        await led.set_offline(True)
+        started = asyncio.all_tasks() - before  # a real LED runs its pattern in a task
         await led.stop()
+        return started
 
-    asyncio.run(scenario())
+    assert asyncio.run(scenario()) == set()

@@ -110,7 +110,8 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=30, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=30, deadline=None,  # fsyncs: seconds on a loaded disk
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(key=st.text(), value=json_values)
 def test_config_round_trips_any_json(store: Store, key: str, value: Any) -> None:
     store.set_config(key, value)
