@@ -29,11 +29,12 @@ from supervisor import COMPAT_VERSION, system
 from supervisor.cloud.cloudlogs import CloudLogs
 from supervisor.cloud.failures import FailureBudget, config_var, limit_from, target_hash
 from supervisor.cloud.http import CloudClient, tls_context
+from supervisor.cloud.initial_config import report_initial_config
 from supervisor.cloud.poller import Poller
 from supervisor.cloud.provision import DeviceInfo, provision, registration_device_type
 from supervisor.cloud.reporter import DeviceState, Reporter, device_state, reported_commits
 from supervisor.cloud.tags import TagReporter
-from supervisor.errors import ConfigError, TargetInvalid
+from supervisor.errors import ConfigError, SupervisorError, TargetInvalid
 from supervisor.model.config_vars import DeviceConfig
 from supervisor.model.target import TargetState, parse_target, to_v3
 
@@ -92,6 +93,7 @@ class CloudSync:
         await provision(self.client, self._config, await self._device_info(),
                         sleep=self._sleep, log=rt.log)
         self.provisioned.set()
+        await self._initial_config()  # before the first poll can rewrite the boot config
         self.poller.etag = await rt.store.target_etag("cloud")
         await self.budget.set_target(self._current_hash())
         if self.budget.exhausted:  # given up on before the restart: still given up on
@@ -289,6 +291,19 @@ class CloudSync:
             os_variant=self._os_variant(),
             mac_address=" ".join(macs),
         )
+
+    async def _initial_config(self) -> None:
+        """state.md §4.3, retried every bootstrapRetryDelay until it succeeds."""
+        cfg, rt = self._config, self._rt
+        while True:
+            try:
+                await report_initial_config(
+                    self.client, rt.store, uuid=cfg.uuid, device_id=cfg.device_id or 0,
+                    api_endpoint=cfg.api_endpoint, current=rt.device_config.current)
+                return
+            except SupervisorError as err:  # the cloud, or a boot config file unreadable
+                _LOGGER.warning("Initial configuration report failed, retrying: %s", err)
+            await self._sleep(cfg.bootstrap_retry_delay / 1000)
 
     async def _guard(self, name: str, job: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Keep an eternal task alive: a crash is logged and the task restarted."""

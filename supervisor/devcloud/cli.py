@@ -123,6 +123,10 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
             if action == "set":
                 sub.add_argument("value")
             sub.set_defaults(handler=_variable, kind=kind, action=action)
+        listing = var_cmd.add_parser("list", help=f"the {kind} variables of a fleet or device")
+        _owner(listing)
+        listing.set_defaults(handler=lambda c, a: c.call(
+            "GET", f"{_owner_path(a)}/{a.kind}"), kind=kind)
 
     pin = commands.add_parser("pin", help="pin a fleet or device to a release (none: latest)")
     _owner(pin)

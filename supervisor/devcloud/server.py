@@ -4,6 +4,7 @@ Device-facing (what the agent's `supervisor/cloud` calls; state.md §4-§8):
   POST  /device/register                     provisioning key -> new device (201; 409 if known)
   GET   /v7/device?$filter=uuid eq '<uuid>'  lookup for the key exchange ({"d": [{"id"}]})
   PATCH /v7/device(<id>)                     {"device_name"} (initialDeviceName)
+  POST  /v7/device_config_variable           {"device", "name", "value"} (initial config)
   POST  /api-key/device/<id>/device-key      {"apiKey"}: set the device key (provisioning key)
   GET   /device/v3/<uuid>/state              the target, with ETag / If-None-Match -> 304
   PATCH /device/v3/state                     state report (merged; api_secret kept)
@@ -157,6 +158,27 @@ async def patch_device(request: Request) -> Response:
     if name is not None:
         await cloud.db.run(cloud.db.update_device, device["id"], name=str(name))
     return PlainTextResponse("OK")
+
+
+async def device_config_variable(request: Request) -> Response:
+    """POST /v7/device_config_variable {"device", "name", "value"}: the initial configuration
+    report of a device (state.md §4.3), with its own key."""
+    cloud: DevCloud = request.app.state.cloud
+    body = await _json(request)
+    device_id, name, value = body.get("device"), body.get("name"), body.get("value")
+    if not isinstance(device_id, int) or isinstance(device_id, bool):
+        raise BadRequest("device must be a device id")
+    if not isinstance(name, str) or not 0 < len(name) <= 256:
+        raise BadRequest("name must be a string of 1 to 256 characters")
+    if not isinstance(value, str) or len(value) > 1_000_000:
+        raise BadRequest("value must be a string of at most 1 MB")
+    device = await cloud.db.run(cloud.db.device, device_id)
+    if not (cloud.is_admin(request) or cloud.is_device(request, device)):
+        raise Unauthorized("not allowed to configure this device")
+    await cloud.db.run(cloud.db.set_var, "device", device["id"], "config", name, value)
+    cloud.notify([device])
+    return JSONResponse({"device": {"__id": device["id"]}, "name": name, "value": value},
+                        status_code=201)
 
 
 async def device_key(request: Request) -> Response:
@@ -341,6 +363,20 @@ async def device_logs(request: Request) -> Response:
     return JSONResponse(cloud.logs.recent(request.path_params["uuid"]))
 
 
+async def variables(request: Request) -> Response:
+    """GET /admin/<fleets|devices>/<ref>/<env|config>: that owner's own variables."""
+    cloud: DevCloud = request.app.state.cloud
+    cloud.require_admin(request)
+    if request.path_params["scope"] not in ("fleets", "devices") \
+            or request.path_params["kind"] not in ("env", "config"):
+        raise NotFound("use /admin/<fleets|devices>/<ref>/<env|config>")
+    scope: Scope = "fleet" if request.path_params["scope"] == "fleets" else "device"
+    kind: Kind = "env" if request.path_params["kind"] == "env" else "config"
+    ref = request.path_params["ref"]
+    owner = await cloud.db.run(cloud.db.fleet if scope == "fleet" else cloud.db.device, ref)
+    return JSONResponse(await cloud.db.run(cloud.db.vars, scope, owner["id"], kind))
+
+
 async def variable(request: Request) -> Response:
     """PUT (body {"value"}) or DELETE /admin/<fleets|devices>/<ref>/<env|config>/<NAME>."""
     cloud: DevCloud = request.app.state.cloud
@@ -427,6 +463,7 @@ def build_app(cloud: DevCloud) -> Starlette:
         Route("/device/register", register, methods=["POST"]),
         Route("/v7/device", find_device, methods=["GET"]),
         Route("/v7/device({id:int})", patch_device, methods=["PATCH"]),
+        Route("/v7/device_config_variable", device_config_variable, methods=["POST"]),
         Route("/api-key/device/{id:int}/device-key", device_key, methods=["POST"]),
         Route("/device/v3/{uuid}/state", target_state, methods=["GET"]),
         Route("/device/v3/state", report_state, methods=["PATCH"]),
@@ -443,6 +480,7 @@ def build_app(cloud: DevCloud) -> Starlette:
         Route("/admin/devices/{uuid}", device, methods=["GET", "PATCH"]),
         Route("/admin/devices/{uuid}/logs", device_logs, methods=["GET"]),
         Route("/devices/{uuid}/logs", managed.device_logs, methods=["GET"]),
+        Route("/admin/{scope:str}/{ref}/{kind:str}", variables, methods=["GET"]),
         Route("/admin/{scope:str}/{ref}/{kind:str}/{name}", variable, methods=["PUT", "DELETE"]),
     ]
     app = Starlette(routes=routes, exception_handlers={SupervisorError: _error})
