@@ -211,9 +211,12 @@ def test_service_stop_stays_stopped_then_start_and_restart(
             await dev.actions.service_action("stop", APP, "two", None, False)
             two = docker_client.containers.get(before["two"])
             assert two.status == "exited"
-            # the loop runs (events, an explicit nudge) but never starts an exited container
+            # the loop runs (events, an explicit nudge) but never starts an exited container:
+            # wait for a whole round that began after the nudge, then look
+            loop = dev.rt.reconciler.state
+            beat = loop.heartbeat
             dev.rt.reconciler.mark_dirty()
-            await asyncio.sleep(4)
+            await until(lambda: loop.heartbeat != beat and not loop.applying, "a round")
             two.reload()
             assert two.status == "exited"
             assert [c["Id"] for c in containers(docker_client)["two"]] == [before["two"]]

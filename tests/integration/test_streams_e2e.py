@@ -21,8 +21,9 @@ SLEEP = ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
 
 
 def reader(url: str, lines: queue.Queue[str], stop: threading.Event, *,
-           delay: float = 0.0) -> threading.Thread:
-    """Read a streaming endpoint line by line on a thread (optionally very slowly)."""
+           stall: threading.Event | None = None) -> threading.Thread:
+    """Read a streaming endpoint line by line on a thread; with `stall`, read one line and
+    then nothing until `stall` is set (a reader that stopped reading)."""
 
     def run() -> None:
         with httpx.stream("GET", url, timeout=None) as resp:
@@ -30,8 +31,8 @@ def reader(url: str, lines: queue.Queue[str], stop: threading.Event, *,
                 lines.put(line)
                 if stop.is_set():
                     return
-                if delay:
-                    time.sleep(delay)
+                if stall is not None:
+                    stall.wait()
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
@@ -80,18 +81,21 @@ def test_slow_log_reader_does_not_delay_an_apply(
         proc.wait_for(lambda: proc.status()["appState"] == "applied"
                       and proc.status()["containers"], what="noisy running")
         slow: queue.Queue[str] = queue.Queue()
-        reader(f"http://127.0.0.1:{proc.port}/v2/local/logs", slow, stop, delay=5.0)
-        time.sleep(2)  # the slow reader's queue fills up
-        start = time.monotonic()
+        resume = threading.Event()
+        reader(f"http://127.0.0.1:{proc.port}/v2/local/logs", slow, stop, stall=resume)
+        wait_line(slow, lambda x: True, timeout=60)  # open, and now it stops reading
         proc.post_target(local_target({
             "noisy": {"image": base_image, "command": noisy},
             "quiet": {"image": base_image, "command": SLEEP},
         }, commit="c0ffee02", release_id=2))
         proc.wait_for(lambda: any(c["serviceName"] == "quiet" and c["status"] == "Running"
                                   for c in proc.status()["containers"]), what="quiet running",
-                      timeout=30)
-        assert time.monotonic() - start < 20
-        assert proc.client.get("/ping", timeout=2).text == "OK"
+                      timeout=60)
+        assert proc.client.get("/ping", timeout=30).text == "OK"
+        # the stalled reader's queue did overflow: reading again, it is told what it lost
+        resume.set()
+        wait_line(slow, lambda x: "log lines dropped: this reader is too slow" in x,
+                  timeout=60)
     finally:
         stop.set()
         proc.stop()
