@@ -139,3 +139,40 @@ def test_log_control_off_publishes_no_line_until_it_is_on_again(
         assert [t for t in seen if off < t <= on - 40] == []
     finally:
         stop.set()
+
+
+def test_jetson_orin_extra_uenv_power_fan_and_splash(sup: Any, tmp_path: Path) -> None:
+    import base64
+    import zlib
+
+    def png(grey: int) -> bytes:  # a real 1x1 PNG, built by hand
+        def chunk(kind: bytes, data: bytes) -> bytes:
+            return (len(data).to_bytes(4, "big") + kind + data
+                    + zlib.crc32(kind + data).to_bytes(4, "big"))
+        ihdr = (1).to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])
+        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+                + chunk(b"IDAT", zlib.compress(bytes([0, grey]))) + chunk(b"IEND", b""))
+
+    boot = tmp_path / "sup0" / "boot"
+    (boot / "splash").mkdir(parents=True)
+    (boot / "splash" / "balena-logo.png").write_bytes(png(10))
+    (boot / "extra_uEnv.txt").write_text("some_other=1\n")
+    proc = sup(config={"deviceType": "jetson-orin-nano-devkit-nvme"})
+    logo = png(200)
+    proc.post_target(target({
+        "HOST_EXTLINUX_fdt": "custom.dtb", "HOST_EXTLINUX_isolcpus": "2,3",
+        "HOST_CONFIG_power_mode": "low", "HOST_CONFIG_fan_profile": "quiet",
+        "HOST_SPLASH_image": "data:image/png;base64," + base64.b64encode(logo).decode()}))
+    proc.wait_for(lambda: (boot / "extra_uEnv.txt").read_text() == (
+        "some_other=1\ncustom_fdt_file=custom.dtb\nextra_os_cmdline=isolcpus=2,3\n"),
+        what="extra_uEnv.txt")
+    os_conf = json.loads((boot / "config.json").read_text())["os"]
+    assert os_conf == {"power": {"mode": "low"}, "fan": {"profile": "quiet"}}
+    assert (boot / "splash" / "balena-logo.png").read_bytes() == logo
+    assert (boot / "splash" / "balena-logo-default.png").read_bytes() == png(10)
+    proc.wait_for(lambda: proc.status()["appState"] == "applied"
+                  and "Rebooting" in proc.log(tail=None)
+                  and not (tmp_path / "sup0" / "state" / "reboot-after-apply").exists(),
+                  what="one reboot, then settled")
+    with Store(tmp_path / "sup0" / "data" / "database.sqlite") as store:
+        assert [a.action for a in store.host_actions() if a.action == "reboot"] == ["reboot"]
