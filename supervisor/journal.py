@@ -12,12 +12,46 @@ import asyncio
 import contextlib
 import shutil
 from asyncio.subprocess import Process
+from dataclasses import dataclass
 
-from supervisor.api.context import JournalParams
 from supervisor.errors import NotFound
 
 JOURNALCTL = "journalctl"
 CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class JournalParams:
+    """`POST /v2/journal-logs` options, already validated (api.md §4.17)."""
+
+    all: bool = False  # -a
+    follow: bool = False  # --follow
+    count: int | None = None  # -n <count>
+    unit: str | None = None  # -u <unit>
+    container_id: str | None = None  # -t <id> (syslog identifier)
+    format: str = "short"  # -o <format>
+    since: str | None = None  # -S <since>
+    until: str | None = None  # -U <until>
+
+    def argv(self) -> list[str]:
+        """journalctl arguments, one argv entry per value (never a shell)."""
+        args: list[str] = []
+        if self.all:
+            args.append("-a")
+        if self.follow:
+            args.append("--follow")
+        if self.count is not None:
+            args += ["-n", str(self.count)]
+        if self.unit is not None:
+            args += ["-u", self.unit]
+        if self.container_id is not None:
+            args += ["-t", self.container_id]
+        args += ["-o", self.format]
+        if self.since is not None:
+            args += ["-S", self.since]
+        if self.until is not None:
+            args += ["-U", self.until]
+        return args
 
 
 class JournalStream:

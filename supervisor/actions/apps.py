@@ -17,7 +17,7 @@ from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from supervisor.actions.gate import ActionGate
-from supervisor.api.context import (
+from supervisor.actions.messages import (
     APP_NOT_FOUND,
     SERVICE_NOT_FOUND,
     TARGET_SERVICE_NOT_FOUND,
@@ -26,6 +26,7 @@ from supervisor.api.context import (
 )
 from supervisor.device_flags import lock_override
 from supervisor.errors import BadRequest, ConfigError, NotFound, SupervisorError
+from supervisor.host.firmware import extra_firmware_volume
 from supervisor.model.current import ContainerInfo, Current
 from supervisor.model.intents import (
     Intent,
@@ -73,13 +74,6 @@ def target_service(target: TargetState | None, app_id: int,
     if svc is None:
         raise NotFound(TARGET_SERVICE_NOT_FOUND)
     return app, svc
-
-
-def extra_firmware_volume(os_config: object) -> str | None:
-    """config.json `os.kernel.extraFirmwareVol`: the volume the OS loads firmware from."""
-    kernel = os_config.get("kernel") if isinstance(os_config, dict) else None
-    name = kernel.get("extraFirmwareVol") if isinstance(kernel, dict) else None
-    return name if isinstance(name, str) and name else None
 
 
 class AppActions:

@@ -5,31 +5,25 @@ scopes and shapes responses. GET handlers read `ApiContext.snapshot` (no I/O); e
 changes the device goes through `Actions`, whose methods raise `supervisor.errors.*` on failure
 (the API maps them to upstream's status codes and bodies in `api/app.py`).
 
-The message constants below are upstream's exact texts (`src/device-api/messages.ts`); actions
-raise `BadRequest`/`NotFound` with them so that clients see the same bodies.
+Upstream's message texts live in `actions/messages.py` (the actions raise `BadRequest`/
+`NotFound` with them) and `JournalParams` in `journal.py`; both are re-exported here.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
+# re-exported: routes and tests read them here
+from supervisor.actions.messages import (
+    APP_NOT_FOUND,
+    SERVICE_NOT_FOUND,
+    TARGET_SERVICE_NOT_FOUND,
+    V2_SERVICE_ENDPOINT_ERROR,
+    ServiceAction,
+)
+from supervisor.journal import JournalParams
 from supervisor.model.current import Snapshot
-
-APP_NOT_FOUND = (
-    "App not found: an app needs to be installed for this endpoint to work.\n"
-    "\tIf you've recently moved this device from another app,\n"
-    "\tplease push an app and wait for it to be installed first."
-)
-SERVICE_NOT_FOUND = "Service not found, a container must exist for this endpoint to work"
-TARGET_SERVICE_NOT_FOUND = "Service does not exist in target release"
-V2_SERVICE_ENDPOINT_ERROR = (
-    "serviceName or imageId parameters were not provided or the app is multi-container. "
-    "Use the v2 service action endpoints."
-)
-
-ServiceAction = Literal["restart", "stop", "start"]
 
 
 class KeyRecord(Protocol):
@@ -42,40 +36,6 @@ class KeyRecord(Protocol):
     def scopes(self) -> object:
         """`[{"type": "global"}]` or `[{"type": "app", "appId": N}, ...]` (or its JSON text)."""
         ...
-
-
-@dataclass(frozen=True, slots=True)
-class JournalParams:
-    """`POST /v2/journal-logs` options, already validated (api.md §4.17)."""
-
-    all: bool = False  # -a
-    follow: bool = False  # --follow
-    count: int | None = None  # -n <count>
-    unit: str | None = None  # -u <unit>
-    container_id: str | None = None  # -t <id> (syslog identifier)
-    format: str = "short"  # -o <format>
-    since: str | None = None  # -S <since>
-    until: str | None = None  # -U <until>
-
-    def argv(self) -> list[str]:
-        """journalctl arguments, one argv entry per value (never a shell)."""
-        args: list[str] = []
-        if self.all:
-            args.append("-a")
-        if self.follow:
-            args.append("--follow")
-        if self.count is not None:
-            args += ["-n", str(self.count)]
-        if self.unit is not None:
-            args += ["-u", self.unit]
-        if self.container_id is not None:
-            args += ["-t", self.container_id]
-        args += ["-o", self.format]
-        if self.since is not None:
-            args += ["-S", self.since]
-        if self.until is not None:
-            args += ["-U", self.until]
-        return args
 
 
 class Actions(Protocol):
@@ -214,3 +174,9 @@ class ApiContext(Protocol):
         """`GET /v2/locks`: the update locks held now, e.g.
         `{"appId": 1, "serviceName": "main", "path": "...", "owner": "user"|"supervisor"}`."""
         ...
+
+
+__all__ = [
+    "APP_NOT_FOUND", "SERVICE_NOT_FOUND", "TARGET_SERVICE_NOT_FOUND", "V2_SERVICE_ENDPOINT_ERROR",
+    "Actions", "ApiContext", "JournalParams", "KeyRecord", "ServiceAction",
+]

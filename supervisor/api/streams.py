@@ -32,12 +32,12 @@ from starlette.types import Receive, Scope, Send
 from supervisor import system
 from supervisor.api import views
 from supervisor.api.auth import Auth
+from supervisor.api.endpoint import Endpoint, ErrorStyle
 from supervisor.errors import SupervisorError
 from supervisor.events import Event, EventBus, state_event
 from supervisor.logs import STREAMING, Closed, LogHub
 
 if TYPE_CHECKING:
-    from supervisor.api.app import Endpoint
     from supervisor.api.params import ApiRequest
 
 HEARTBEAT = 15.0  # seconds between SSE comments: keeps proxies and idle timeouts at bay
@@ -277,9 +277,6 @@ def stream_routes(ctx: StreamContext, *, probe: Probe = system.probe,
 def stream_endpoints(ctx: StreamContext, *, probe: Probe = system.probe,
                      heartbeat: float = HEARTBEAT) -> tuple[Endpoint, ...]:
     """The three routes for `build_app(api_ctx, extra=stream_endpoints(ctx))`."""
-    # Imported here: api/app.py may one day import this module to mount the routes itself.
-    from supervisor.api.app import Endpoint, ErrorStyle
-
     handlers = _handlers(ctx, probe=probe, heartbeat=heartbeat)
 
     def adapt(handler: RouteHandler) -> Callable[[ApiRequest], Awaitable[Response]]:

@@ -4,7 +4,7 @@ config.json `os.kernel.extraFirmwareVol` names it (balenaOS writes `extra-firmwa
 integration loop (`host/integration.py`) creates it at start, so the OS finds it before any
 service asks for it; the engine's create is idempotent, so an existing volume and its files
 stay. Services labelled `io.balena.features.extra-firmware` mount it (model/spec.py), and a
-purge recreates it empty (app_actions.py).
+purge recreates it empty (actions/apps.py, a `recreateVolume` step).
 """
 
 from __future__ import annotations
