@@ -25,7 +25,7 @@ WAIT_THEN_PRINT = ("echo before; while [ ! -e /tmp/go ]; do sleep 0.05; done; "
                    "echo after; exec sleep 600")
 
 
-def run(fn: Callable[[], Awaitable[T]], timeout: float = 60) -> T:
+def run(fn: Callable[[], Awaitable[T]], timeout: float = 180) -> T:
     return asyncio.run(asyncio.wait_for(fn(), timeout))
 
 
@@ -54,7 +54,7 @@ def make_container(docker_client: docker.DockerClient,
             container.remove(force=True)
 
 
-async def wait_until(cond: Callable[[], bool], what: str, limit: float = 20) -> None:
+async def wait_until(cond: Callable[[], bool], what: str, limit: float = 60) -> None:
     deadline = time.monotonic() + limit
     while not cond():
         if time.monotonic() > deadline:
@@ -62,12 +62,21 @@ async def wait_until(cond: Callable[[], bool], what: str, limit: float = 20) -> 
         await asyncio.sleep(0.02)
 
 
-async def next_line(sub: Subscription[LogMessage], limit: float = 20) -> LogMessage:
+async def until_printed(container: Any, text: str, limit: float = 60) -> None:
+    """Until the engine has recorded `text` in the container's output."""
+    deadline = time.monotonic() + limit
+    while text.encode() not in await asyncio.to_thread(container.logs):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{text!r} never printed")
+        await asyncio.sleep(0.05)
+
+
+async def next_line(sub: Subscription[LogMessage], limit: float = 60) -> LogMessage:
     return await asyncio.wait_for(sub.get(), limit)
 
 
 async def lines_until(sub: Subscription[LogMessage], last: str,
-                      limit: float = 20) -> list[LogMessage]:
+                      limit: float = 60) -> list[LogMessage]:
     got: list[LogMessage] = []
     while not got or got[-1].message != last:
         got.append(await next_line(sub, limit))
@@ -88,7 +97,7 @@ def test_line_printed_after_attaching_reaches_the_hub(
         followers = LogFollowers(docker_host, hub.publish_many)
         try:
             with hub.subscribe() as sub:
-                await asyncio.sleep(0.5)  # `before` is printed before we follow: not wanted
+                await until_printed(container, "before")  # printed before we follow
                 followers.follow(container.id)  # since = now, as for a running container
                 await wait_until(lambda: followers.attached(container.id), "the follower")
                 await asyncio.to_thread(trigger, container)
@@ -115,7 +124,7 @@ def test_start_event_follows_from_the_start_and_demultiplexes_stderr(
         try:
             with hub.subscribe() as sub:
                 await asyncio.to_thread(container.start)
-                await asyncio.sleep(0.5)  # the lines are out before the event is handled
+                await until_printed(container, "done")  # out before the event is handled
                 followers.on_docker_event({"Type": "container", "Action": "start",
                                            "id": container.id})
                 return [await next_line(sub) for _ in range(3)]
@@ -142,7 +151,7 @@ def test_logs_level_none_is_not_followed_and_err_keeps_stderr_only(
         followers = LogFollowers(docker_host, hub.publish_many)
         try:
             with hub.subscribe() as sub:
-                await asyncio.sleep(0.3)
+                await until_printed(silent, "hidden")
                 followers.follow(silent.id, from_start=True)
                 followers.follow(errors.id, from_start=True)
                 await wait_until(lambda: silent.id not in followers.following(),
@@ -198,28 +207,26 @@ def test_slow_subscriber_does_not_delay_another(
         f"while [ ! -e /tmp/go ]; do sleep 0.05; done; i=0; "
         f"while [ $i -lt {count} ]; do echo line-$i; i=$((i+1)); done; exec sleep 600")
 
-    async def main() -> tuple[list[str], list[str], float]:
+    async def main() -> tuple[list[str], list[str]]:
         hub = LogHub(queue_size=count + 10)
         followers = LogFollowers(docker_host, hub.publish_many, inbox_size=256)
         try:
             with hub.subscribe() as fast, hub.subscribe(maxsize=10) as slow:
                 followers.follow(container.id)
                 await wait_until(lambda: followers.attached(container.id), "the follower")
-                started = time.monotonic()
                 await asyncio.to_thread(trigger, container)
+                # all of it, while the slow reader holds a full queue: it held nobody back
                 got_fast = [m.message for m in await lines_until(fast, f"line-{count - 1}")]
-                elapsed = time.monotonic() - started
                 # Only now does the slow reader look: it holds its first 10 lines, then a gap.
                 got_slow = [(await next_line(slow)).message for _ in range(11)]
-                return got_fast, got_slow, elapsed
+                return got_fast, got_slow
         finally:
             await asyncio.to_thread(followers.close)
 
-    fast, slow, elapsed = run(main, timeout=120)
+    fast, slow = run(main, timeout=120)
     assert fast == [f"line-{i}" for i in range(count)]
     assert slow[:10] == [f"line-{i}" for i in range(10)]
     assert slow[10] == f"Warning: {count - 10} log lines dropped: this reader is too slow"
-    assert elapsed < 30
 
 
 def test_unsupervised_container_is_ignored(
