@@ -216,6 +216,19 @@ class Db:
         row = _matching(rows, "key", key)
         return int(row["fleet_id"]) if row else None
 
+    def device_types(self) -> set[str]:
+        """The device type slugs this devcloud knows: its fleets'."""
+        return {r["device_type"] for r in self._all("SELECT DISTINCT device_type FROM fleet")}
+
+    def fleet_releases(self, fleet_id: int) -> dict[str, dict[str, set[str]]]:
+        """{fleet app uuid: {commit: image locations}}: what a device of the fleet may report."""
+        fleet = self.fleet(fleet_id)
+        rows = self._all("SELECT commit_hash, body FROM release WHERE fleet_id = ?", (fleet_id,))
+        return {fleet["uuid"]: {
+            r["commit_hash"]: {str(svc.get("image", "")).split("@", 1)[0]
+                               for svc in json.loads(r["body"]).get("services", {}).values()}
+            for r in rows}}
+
     # -- devices -----------------------------------------------------------------------------
 
     def register_device(self, fleet_id: int, uuid: str, device_type: str,
@@ -228,6 +241,9 @@ class Db:
                        (uuid, fleet_id, device_name(uuid), device_type, api_key or new_key(),
                         _now()))
         return self.device(uuid)
+
+    def has_device(self, uuid: str) -> bool:
+        return self._one("SELECT id FROM device WHERE uuid = ?", (uuid,)) is not None
 
     def device(self, ref: str | int) -> dict[str, Any]:
         """A device by uuid, or by id (an int)."""

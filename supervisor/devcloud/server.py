@@ -1,18 +1,20 @@
 """The devcloud HTTP server: the device-facing cloud API, the API proxy and the admin API.
 
-Device-facing (what the agent's `supervisor/cloud` calls; state.md §4-§8):
+Device-facing (what the agent's `supervisor/cloud` calls; state.md §4-§8), as strict as
+open-balena-api (the rules: openbalena.py):
   POST  /device/register                     provisioning key -> new device (201; 409 if known)
-  GET   /v7/device?$filter=uuid eq '<uuid>'  lookup for the key exchange ({"d": [{"id"}]})
+  GET   /v7/device?$filter=uuid eq '<uuid>'  lookup for the key exchange (device key or admin)
   PATCH /v7/device(<id>)                     {"device_name"} (initialDeviceName)
   POST  /v7/device_config_variable           {"device", "name", "value"} (initial config)
-  POST  /api-key/device/<id>/device-key      {"apiKey"}: set the device key (provisioning key)
+  POST  /api-key/device/<id>/device-key      {"apiKey"}: set the device key (admin only)
   GET   /device/v3/<uuid>/state              the target, with ETag / If-None-Match -> 304
-  PATCH /device/v3/state                     state report (merged; api_secret kept)
-  PATCH /device/v3/tags, GET /v7/device_tag  device tags
+  PATCH /device/v3/state                     state report (openbalena.py)
+  PATCH /device/v3/tags, GET /v7/device_tag  device tags (openbalena.py)
   POST  /device/v2/<uuid>/log-stream         gzip NDJSON logs (see managed.py)
   GET   /auth/v1/token?service=&scope=       a registry token (basic auth d_<uuid>:<device key>)
 Proxy (admin token): POST /supervisor/<path>  (see proxy.py)
-Admin (admin token): /admin/fleets..., /admin/devices..., and GET /devices/<uuid>/logs
+Admin (admin token): /admin/fleets..., /admin/devices..., GET /admin/violations (the
+openBalena rules devices broke), and GET /devices/<uuid>/logs
 (NDJSON; `?follow=1` streams new lines, `?count=N`); every change
 that alters targets notifies the affected devices with `POST /v1/update`.
 
@@ -36,7 +38,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from supervisor.api.params import parse_json, read_limited
-from supervisor.devcloud import managed, proxy
+from supervisor.devcloud import managed, openbalena, proxy
 from supervisor.devcloud.db import Db, Kind, Scope
 from supervisor.errors import BadRequest, Forbidden, NotFound, SupervisorError, Unauthorized
 
@@ -56,6 +58,7 @@ class DevCloud:
         self.db = db
         self.token = token
         self.logs = managed.DeviceLogs()
+        self.violations: list[str] = []  # openBalena rules the devices broke (openbalena.py)
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- auth ---------------------------------------------------------------------------------
@@ -88,6 +91,10 @@ class DevCloud:
             raise Forbidden("this key belongs to another device")
         return device
 
+    @staticmethod
+    async def json(request: Request) -> dict[str, Any]:
+        return await _json(request)
+
     # -- notifications --------------------------------------------------------------------------
 
     def notify(self, devices: list[dict[str, Any]]) -> None:
@@ -100,27 +107,6 @@ class DevCloud:
 
 
 # ---------------------------------------------------------------------------- device-facing
-
-
-async def register(request: Request) -> Response:
-    cloud: DevCloud = request.app.state.cloud
-    fleet_id = await cloud.db.run(cloud.db.fleet_of_provisioning_key, cloud.bearer(request))
-    if fleet_id is None:
-        raise Unauthorized("unknown provisioning key")
-    body = await _json(request)
-    application = body.get("application")
-    if application is not None and str(application) != str(fleet_id):
-        raise Forbidden(f"the provisioning key is not one of fleet {application}")
-    uuid = body.get("uuid")
-    if not isinstance(uuid, str) or not uuid:
-        raise BadRequest("uuid is required")
-    device = await cloud.db.run(cloud.db.register_device, fleet_id, uuid,
-                                str(body.get("device_type") or "generic"),
-                                str(body.get("api_key") or ""))
-    _LOGGER.info("registered device %s (id %s) in fleet %s", uuid, device["id"], fleet_id)
-    return JSONResponse({"id": device["id"], "uuid": uuid, "name": device["name"],
-                         "device_type": device["device_type"], "application": fleet_id},
-                        status_code=201)
 
 
 async def find_device(request: Request) -> Response:
@@ -141,11 +127,8 @@ async def find_device(request: Request) -> Response:
 
 
 async def _may_see(cloud: DevCloud, request: Request, device: dict[str, Any]) -> bool:
-    key = cloud.bearer(request)
-    if cloud.is_admin(request) or cloud.is_device(request, device):
-        return True
-    fleet_id = await cloud.db.run(cloud.db.fleet_of_provisioning_key, key)
-    return fleet_id == device["fleet_id"]
+    """The admin and the device itself; a provisioning key may not read devices (openBalena)."""
+    return cloud.is_admin(request) or cloud.is_device(request, device)
 
 
 async def patch_device(request: Request) -> Response:
@@ -183,10 +166,9 @@ async def device_config_variable(request: Request) -> Response:
 
 async def device_key(request: Request) -> Response:
     cloud: DevCloud = request.app.state.cloud
+    if not cloud.is_admin(request):  # openBalena: not a provisioning key's permission
+        raise Unauthorized("Unauthorized")
     device = await cloud.db.run(cloud.db.device, int(request.path_params["id"]))
-    fleet_id = await cloud.db.run(cloud.db.fleet_of_provisioning_key, cloud.bearer(request))
-    if fleet_id != device["fleet_id"] and not cloud.is_admin(request):
-        raise Unauthorized("a provisioning key of the device's fleet is required")
     key = (await _json(request)).get("apiKey")
     if not isinstance(key, str) or not key:
         raise BadRequest("apiKey is required")
@@ -204,37 +186,6 @@ async def target_state(request: Request) -> Response:
     return JSONResponse(body, headers={"ETag": etag})
 
 
-async def report_state(request: Request) -> Response:
-    cloud: DevCloud = request.app.state.cloud
-    device = await cloud.device_of(request)  # before the body is read
-    body = await _json(request)
-    for uuid, fields in body.items():
-        if not isinstance(fields, dict):
-            raise BadRequest(f"the report of {uuid} must be an object")
-        _same_device(device, uuid)
-    for fields in body.values():
-        await cloud.db.run(cloud.db.merge_state, device["id"], fields)
-    return PlainTextResponse("OK")
-
-
-def _same_device(device: dict[str, Any], uuid: str) -> None:
-    if device["uuid"] != uuid:
-        raise Forbidden("this key belongs to another device")
-
-
-async def report_tags(request: Request) -> Response:
-    cloud: DevCloud = request.app.state.cloud
-    device = await cloud.device_of(request)  # before the body is read
-    body = await _json(request)
-    for uuid, tags in body.items():
-        if not isinstance(tags, dict):
-            raise BadRequest(f"the tags of {uuid} must be an object")
-        _same_device(device, uuid)
-    for tags in body.values():
-        await cloud.db.run(cloud.db.set_tags, device["id"], tags)
-    return PlainTextResponse("OK")
-
-
 async def device_tags(request: Request) -> Response:
     cloud: DevCloud = request.app.state.cloud
     match = re.search(r"device/uuid eq '([^']*)'", request.query_params.get("$filter", ""))
@@ -244,45 +195,6 @@ async def device_tags(request: Request) -> Response:
     if not (cloud.is_admin(request) or cloud.is_device(request, device)):
         raise Unauthorized("not allowed to read this device's tags")
     return JSONResponse({"d": await cloud.db.run(cloud.db.tags, device["id"])})
-
-
-# ---------------------------------------------------------------------------- the API proxy
-
-
-async def supervisor_proxy(request: Request) -> Response:
-    cloud: DevCloud = request.app.state.cloud
-    cloud.require_admin(request)
-    body = await _json(request)
-    method = str(body.get("method") or "POST").upper()
-    data = body.get("data")
-    path = "/" + request.path_params["path"]
-    query = {k: v for k, v in request.query_params.items() if k != "apikey"}
-    if "appId" in body:
-        fleet = await cloud.db.run(cloud.db.fleet, str(body["appId"]))
-        devices = await cloud.db.run(cloud.db.devices, fleet["id"])
-
-        async def one(device: dict[str, Any]) -> dict[str, Any]:
-            try:
-                answer = await proxy.call_device(device, path, method=method, data=data,
-                                                 query=query)
-            except proxy.DeviceUnreachable as err:
-                return proxy.result_entry(device, err)
-            return proxy.result_entry(device, answer)
-
-        return JSONResponse(list(await asyncio.gather(*(one(d) for d in devices))))
-    if "uuid" in body:
-        device = await cloud.db.run(cloud.db.device, str(body["uuid"]))
-    elif "deviceId" in body:
-        device = await cloud.db.run(cloud.db.device, _int(body["deviceId"], "deviceId"))
-    else:
-        raise BadRequest("the body needs one of uuid, deviceId or appId")
-    try:
-        answer = await proxy.call_device(device, path, method=method, data=data, query=query)
-    except proxy.DeviceUnreachable as err:
-        return JSONResponse({"error": str(err)}, status_code=502)
-    headers = {"Content-Type": answer.headers["content-type"]} \
-        if "content-type" in answer.headers else {}
-    return Response(answer.body, status_code=answer.status, headers=headers)
 
 
 # ---------------------------------------------------------------------------- admin
@@ -426,6 +338,12 @@ def _public(device: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- plumbing
 
 
+async def violations(request: Request) -> Response:
+    cloud: DevCloud = request.app.state.cloud
+    cloud.require_admin(request)
+    return JSONResponse(cloud.violations)
+
+
 async def ping(request: Request) -> Response:
     return PlainTextResponse("OK")
 
@@ -460,22 +378,23 @@ async def _error(request: Request, exc: Exception) -> Response:
 def build_app(cloud: DevCloud) -> Starlette:
     routes = [
         Route("/ping", ping, methods=["GET"]),
-        Route("/device/register", register, methods=["POST"]),
+        Route("/device/register", openbalena.register, methods=["POST"]),
         Route("/v7/device", find_device, methods=["GET"]),
         Route("/v7/device({id:int})", patch_device, methods=["PATCH"]),
         Route("/v7/device_config_variable", device_config_variable, methods=["POST"]),
         Route("/api-key/device/{id:int}/device-key", device_key, methods=["POST"]),
         Route("/device/v3/{uuid}/state", target_state, methods=["GET"]),
-        Route("/device/v3/state", report_state, methods=["PATCH"]),
-        Route("/device/v3/tags", report_tags, methods=["PATCH"]),
+        Route("/device/v3/state", openbalena.report_state, methods=["PATCH"]),
+        Route("/device/v3/tags", openbalena.report_tags, methods=["PATCH"]),
         Route("/v7/device_tag", device_tags, methods=["GET"]),
         Route("/device/v2/{uuid}/log-stream", managed.log_stream, methods=["POST"]),
         Route("/auth/v1/token", managed.registry_token, methods=["GET"]),
-        Route("/supervisor/{path:path}", supervisor_proxy, methods=["POST"]),
+        Route("/supervisor/{path:path}", proxy.supervisor_proxy, methods=["POST"]),
         Route("/admin/fleets", fleets, methods=["GET", "POST"]),
         Route("/admin/fleets/{fleet}", fleet, methods=["GET", "PATCH"]),
         Route("/admin/fleets/{fleet}/releases", releases, methods=["GET", "POST"]),
         Route("/admin/fleets/{fleet}/provisioning-keys", provisioning_keys, methods=["POST"]),
+        Route("/admin/violations", violations, methods=["GET"]),
         Route("/admin/devices", devices, methods=["GET"]),
         Route("/admin/devices/{uuid}", device, methods=["GET", "PATCH"]),
         Route("/admin/devices/{uuid}/logs", device_logs, methods=["GET"]),

@@ -83,9 +83,10 @@ class Cloud:
         client.call("POST", "/admin/fleets/logs/releases", {"services": {
             "main": {"image": "busybox"}, "quiet": {"image": "busybox"},
             "errors": {"image": "busybox"}}})
-        key = client.call("POST", "/admin/fleets/logs/provisioning-keys")["key"]
-        Client(self.url, key).call("POST", "/device/register", {
-            "uuid": self.uuid, "api_key": self.key, "device_type": "generic"})
+        key = client.call("POST", "/admin/fleets/logs/provisioning-keys")
+        Client(self.url, key["key"]).call("POST", "/device/register", {
+            "application": key["applicationId"], "uuid": self.uuid, "api_key": self.key,
+            "device_type": key["deviceType"]})
 
     def service_ids(self) -> dict[str, int]:
         target = self.client().call("GET", f"/admin/devices/{self.uuid}")["target"]

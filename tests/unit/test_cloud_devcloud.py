@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from starlette.exceptions import StarletteDeprecationWarning
@@ -44,7 +45,7 @@ def _fleet(client: TestClient, name: str = "f1") -> tuple[int, str]:
 
 def _register(client: TestClient, key: str, uuid: str, api_key: str, app: int) -> Any:
     return client.post("/device/register", headers={"Authorization": f"Bearer {key}"},
-                       json={"application": app, "uuid": uuid, "device_type": "generic",
+                       json={"application": app, "uuid": uuid, "device_type": "generic-amd64",
                              "api_key": api_key})
 
 
@@ -56,20 +57,25 @@ def test_registration_lookup_and_key_exchange(client: TestClient) -> None:
     app, key = _fleet(client)
     created = _register(client, key, "u1", "k1", app)
     assert created.status_code == 201 and created.json()["id"] > 0
+    assert created.json() == {"id": created.json()["id"], "uuid": "u1", "api_key": "k1"}
     assert _register(client, key, "u1", "k1", app).status_code == 409
     assert _register(client, "nope", "u2", "k2", app).status_code == 401
     other_app, _ = _fleet(client, "f2")
-    assert _register(client, key, "u3", "k3", other_app).status_code == 403
+    assert _register(client, key, "u3", "k3", other_app).status_code == 401
 
     query = {"$select": "id", "$filter": "uuid eq 'u1'"}
     found = client.get("/v7/device", params=query, headers=_bearer("k1")).json()
     assert found == {"d": [{"id": created.json()["id"]}]}
-    assert client.get("/v7/device", params=query, headers=_bearer(key)).json() == found
+    # openBalena: a provisioning key creates devices and nothing else
+    assert client.get("/v7/device", params=query, headers=_bearer(key)).json() == {"d": []}
     assert client.get("/v7/device", params=query, headers=_bearer("k9")).json() == {"d": []}
 
     device_id = created.json()["id"]
-    swapped = client.post(f"/api-key/device/{device_id}/device-key", json={"apiKey": "k9"},
+    by_prov = client.post(f"/api-key/device/{device_id}/device-key", json={"apiKey": "k9"},
                           headers=_bearer(key))
+    assert by_prov.status_code == 401
+    swapped = client.post(f"/api-key/device/{device_id}/device-key", json={"apiKey": "k9"},
+                          headers=ADMIN)
     assert swapped.status_code == 200
     assert client.get("/v7/device", params=query, headers=_bearer("k9")).json() == found
     refused = client.post(f"/api-key/device/{device_id}/device-key", json={"apiKey": "x"},
@@ -128,8 +134,10 @@ def test_reports_merge_and_tags(client: TestClient) -> None:
     app, key = _fleet(client)
     _register(client, key, "u1", "k1", app)
     _register(client, key, "u2", "k2", app)
-    apps1 = {"x": {"releases": {"c1": {"update_status": "downloading"}}}}
-    apps2 = {"x": {"release_uuid": "c1", "releases": {"c1": {"update_status": "done"}}}}
+    client.post("/admin/fleets/f1/releases", json={**RELEASE, "commit": "c1"}, headers=ADMIN)
+    x = _fleet_uuid(client)
+    apps1 = {x: {"releases": {"c1": {"update_status": "downloading"}}}}
+    apps2 = {x: {"release_uuid": "c1", "releases": {"c1": {"update_status": "done"}}}}
     ok = client.patch("/device/v3/state", headers=_bearer("k1"),
                       json={"u1": {"api_port": 1234, "api_secret": "s", "apps": apps1}})
     assert ok.status_code == 200
@@ -140,7 +148,7 @@ def test_reports_merge_and_tags(client: TestClient) -> None:
     assert listing[0]["release"] == "c1" and listing[0]["update_status"] == {"c1": "done"}
     assert "api_key" not in listing[0]
     stolen = client.patch("/device/v3/state", headers=_bearer("k2"), json={"u1": {"x": 1}})
-    assert stolen.status_code == 403
+    assert stolen.status_code == 401
 
     client.patch("/device/v3/tags", headers=_bearer("k1"), json={"u1": {"room": "a"}})
     client.patch("/device/v3/tags", headers=_bearer("k1"), json={"u1": {"room": "b", "f": "2"}})
@@ -177,12 +185,15 @@ class FakeDevice:
             def _serve(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length)) if length else None
-                key = self.headers.get("Authorization", "").removeprefix("Bearer ")
-                outer.calls.append((self.command, self.path, key, body))
-                if key != outer.secret:
+                url = urlsplit(self.path)
+                key = parse_qs(url.query).get("apikey", [""])[0]  # as openBalena sends it
+                outer.calls.append((self.command, url.path, key, body))
+                if key != outer.secret or "Authorization" in self.headers:
                     data, status, kind = b'{"message":"Unauthorized"}', 401, "application/json"
-                elif self.path == "/ping":
+                elif url.path == "/ping":
                     data, status, kind = b"OK", 200, "text/html"
+                elif url.path == "/markup":
+                    data, status, kind = b"<b>OK</b>", 200, "text/html"
                 else:
                     data, status, kind = json.dumps({"got": body}).encode(), 200, \
                         "application/json"
@@ -225,16 +236,26 @@ def test_the_proxy_reaches_devices_by_uuid_device_id_and_app_id(client: TestClie
         assert patch.json() == {"got": {"network": {"hostname": "h"}}}
         assert devices[1].calls[-1][:3] == ("PATCH", "/v1/device/host-config", "s2")
 
-        blink = client.post("/supervisor/v1/blink", json={"appId": app}, headers=ADMIN).json()
-        by_uuid = {entry["uuid"]: entry for entry in blink}
-        assert by_uuid["u1"]["status"] == 200 and by_uuid["u2"]["status"] == 200
-        assert by_uuid["u1"]["deviceId"] == ids[0]
-        assert "error" in by_uuid["u3"]
-        assert devices[0].calls[-1] == ("POST", "/v1/blink", "s1", {})
+        # a fleet: 207 with each online device's answer in id order (u3 never reported)
+        blink = client.post("/supervisor/v1/blink?x=1", json={"appId": app}, headers=ADMIN)
+        assert blink.status_code == 207
+        assert blink.json() == [{"statusCode": 200, "body": {"got": None}}] * 2
+        assert devices[0].calls[-1] == ("POST", "/v1/blink", "s1", None)  # query dropped
+        # one device and the app id: a single answer is passed on, not a list
+        one = client.post("/supervisor/ping", json={"appId": app, "uuid": "u2",
+                                                    "method": "GET"}, headers=ADMIN)
+        assert (one.status_code, one.text) == (200, "OK")
 
-        lost = client.post("/supervisor/ping", json={"uuid": "u3"}, headers=ADMIN)
-        assert lost.status_code == 502
-        assert client.post("/supervisor/ping", json={}, headers=ADMIN).status_code == 400
+        def error(body: Any, path: str = "ping") -> tuple[int, str]:
+            answer = client.post(f"/supervisor/{path}", json=body, headers=ADMIN)
+            return answer.status_code, answer.json()["error"]
+
+        assert error({"uuid": "u3"}) == (404, "No online device(s) found")
+        assert error({}) == (400, "At least one filter must be specified")
+        assert error({"appId": "x"}) == (400, "App ID must be a valid integer if specified")
+        assert error({"uuid": "u1", "method": "TRACE"}) == (400, "Invalid method 'TRACE'")
+        assert error({"uuid": "u1", "method": "GET"}, "markup") == (
+            500, "Bad API response from supervisor")
 
         # a new release tells every reachable device to poll now
         client.post("/admin/fleets/f1/releases", json=RELEASE, headers=ADMIN)
@@ -244,6 +265,67 @@ def test_the_proxy_reaches_devices_by_uuid_device_id_and_app_id(client: TestClie
             time.sleep(0.05)
         assert all(any(c[:3] == ("POST", "/v1/update", d.secret) for c in d.calls)
                    for d in devices)
+
+        devices.pop(0).close()  # reported, but no longer answers
+        assert error({"uuid": "u1", "method": "GET"})[0] == 502
     finally:
         for dev in devices:
             dev.close()
+
+
+def test_openbalena_rules_for_registration_reports_and_tags(client: TestClient) -> None:
+    """open-balena-api's answers (docs/fleet.md "Works against openBalena")."""
+    app, key = _fleet(client)
+
+    def register(**body: Any) -> Any:
+        return client.post("/device/register", headers=_bearer(key), json=body)
+
+    def error(answer: Any) -> tuple[int, str]:
+        return answer.status_code, answer.json()["error"]
+
+    assert error(register(uuid="u1", device_type="generic-amd64")) == (
+        400, "Application ID must be a valid integer")
+    assert error(register(application=app, uuid="u1")) == (400, "Device type must be specified")
+    assert error(register(application=app, device_type="generic-amd64")) == (
+        400, "UUID must be specified")
+    assert error(register(application=app, uuid="u1", device_type="generic")) == (
+        404, "Unknown device type generic")
+    assert _register(client, key, "u1", "k1", app).status_code == 201
+    assert error(_register(client, key, "u1", "k2", app)) == (409, '"uuid" must be unique.')
+    assert error(_register(client, key, "u2", "k1", app)) == (409, '"key" must be unique.')
+
+    commit = client.post("/admin/fleets/f1/releases", json=RELEASE, headers=ADMIN).json()["commit"]
+    fleet_uuid = _fleet_uuid(client)
+
+    def report(state: Any) -> int:
+        return int(client.patch("/device/v3/state", headers=_bearer("k1"),
+                                json={"u1": state}).status_code)
+
+    def running(release: str, image: str = "reg/app:1", app_uuid: str = fleet_uuid) -> Any:
+        return {"apps": {app_uuid: {"release_uuid": release, "releases": {release: {
+            "services": {"main": {"image": image, "status": "Running"}}}}}}}
+
+    assert report(running(commit)) == 200
+    assert report(running(commit, "reg/app:1@sha256:" + "a" * 64)) == 200
+    assert report(running("localcommit")) == 401  # not a release of the app
+    assert report(running(commit, "reg/other:1")) == 401  # not an image of the release
+    assert report(running(commit, app_uuid="b" * 32)) == 401  # not the device's app
+    assert report({"api_port": "48484"}) == 400
+    assert client.patch("/device/v3/state", headers=_bearer("k1"), json={}).status_code == 400
+    recorded = client.get("/admin/violations", headers=ADMIN).json()
+    assert len(recorded) == 3 and all(v.startswith("u1: 401, the report names") for v in recorded)
+
+    assert report({"status": "x" * 60, "os_variant": "development"}) == 200
+    state = client.get("/admin/devices/u1", headers=ADMIN).json()["state"]
+    assert state["status"] == "x" * 50 and "os_variant" not in state
+    assert len(client.get("/admin/violations", headers=ADMIN).json()) == 5
+
+    def tags(body: Any) -> tuple[int, str]:
+        answer = client.patch("/device/v3/tags", headers=_bearer("k1"), json=body)
+        return answer.status_code, answer.text
+
+    assert tags({"u1": {"io.balena.x": "1", "ok": "1"}}) == (
+        400, '{"error":"Tag keys beginning with io.balena. are reserved."}')
+    assert tags({"u1": {"a b": "1"}})[1] == '{"error":"Tag keys cannot contain whitespace."}'
+    assert tags({"u1": {}}) == (400, '{"error":"No tags were sent to be updated."}')
+    assert tags({"u1": {"ok": "1"}})[0] == 200
