@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 import urllib.error
 import urllib.request
@@ -245,6 +246,7 @@ def serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     import uvicorn
 
     from supervisor.devcloud.db import Db
+    from supervisor.devcloud.registry import TokenIssuer
     from supervisor.devcloud.server import DevCloud, build_app
 
     host, port = parse_address(args.listen, "--listen", default_host="127.0.0.1")
@@ -259,9 +261,13 @@ def serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     token_file.write_text(token + "\n")
     print(f"devcloud: http://{host}:{port} (data {data_dir}, admin token in {token_file})",
           file=sys.stderr, flush=True)
+    issuer: TokenIssuer | None = None
+    if shutil.which("openssl"):  # registry tokens for a token-auth registry (registry.py)
+        issuer = TokenIssuer(data_dir)
+        issuer.ensure()
     try:
-        uvicorn.run(build_app(DevCloud(db, token)), host=host, port=port, log_level="warning",
-                    access_log=False, timeout_graceful_shutdown=1)
+        uvicorn.run(build_app(DevCloud(db, token, issuer)), host=host, port=port,
+                    log_level="warning", access_log=False, timeout_graceful_shutdown=1)
     finally:
         db.close()
     return 0

@@ -2,7 +2,8 @@
 
 Routes (registered in server.py): `POST /device/v2/<uuid>/log-stream` (device key),
 `GET /devices/<uuid>/logs` (admin token; NDJSON, `?count=N`, `?follow=1`), and
-`GET /auth/v1/token` (basic auth `d_<uuid>` : device key; state.md §12).
+`GET /auth/v1/token` (basic auth `d_<uuid>` : device key, or `admin` : admin token;
+state.md §12; the tokens are signed for a token-auth registry, see registry.py).
 
 The log stream's body goes to `ingest()`: gzip (or plain)
 NDJSON, read as it arrives, decompressed in bounded steps (a line longer than `MAX_LINE` bytes,
@@ -18,9 +19,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime
+import hmac
 import json
 import logging
-import re
 import secrets
 import zlib
 from collections import deque
@@ -31,6 +32,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
+from supervisor.devcloud import registry
 from supervisor.errors import BadRequest, Unauthorized
 
 _LOGGER = logging.getLogger(__name__)
@@ -204,23 +206,35 @@ async def device_logs(request: Request) -> Response:
     return StreamingResponse(lines(), media_type="application/x-ndjson")
 
 
-_SCOPE = re.compile(r"repository:[^:\s]+:pull")
-
-
 async def registry_token(request: Request) -> Response:
-    """A registry token for delta downloads (state.md §12); any well-formed ask gets one."""
+    """`GET /auth/v1/token?service=&scope=`: a registry token (state.md §12; registry.py).
+    Basic auth `d_<uuid>` : device key (pull of the device's fleet's repositories) or
+    `admin` : admin token (push and pull)."""
     cloud: Any = request.app.state.cloud
     scheme, _, value = request.headers.get("authorization", "").partition(" ")
     try:
         user, _, key = base64.b64decode(value, validate=True).decode().partition(":")
     except (ValueError, UnicodeDecodeError):
         user, key = "", ""
-    device = await cloud.db.run(cloud.db.device_by_key, key) \
-        if scheme.lower() == "basic" and key else None
-    if device is None or user != f"d_{device['uuid']}":
+    basic = scheme.lower() == "basic" and bool(key)
+    admin = basic and user == "admin" and hmac.compare_digest(key.encode(), cloud.token.encode())
+    device = await cloud.db.run(cloud.db.device_by_key, key) if basic and not admin else None
+    if not admin and (device is None or user != f"d_{device['uuid']}"):
         raise Unauthorized("basic auth d_<uuid>:<device key> required")
-    scopes = request.query_params.getlist("scope")
-    if not request.query_params.get("service") or not scopes \
-            or not all(_SCOPE.fullmatch(s) for s in scopes):
-        raise BadRequest("service and scope=repository:<name>:pull are required")
-    return JSONResponse({"token": secrets.token_hex(16)})
+    service = request.query_params.get("service") or ""
+    asked = registry.parse_scopes(request.query_params.getlist("scope"))
+    if not service or asked is None:
+        raise BadRequest("service and scope=repository:<name>:<actions> are required")
+    if cloud.registry is None:  # no signing key: an opaque token (deltas only)
+        return JSONResponse({"token": secrets.token_hex(16)})
+    if admin or device is None:
+        access = registry.grant(asked, allowed=None, actions=("pull", "push", "*"))
+    else:
+        releases = await cloud.db.run(cloud.db.fleet_releases, device["fleet_id"])
+        repos = {repo for app in releases.values() for images in app.values()
+                 for image in images if (repo := registry.repository(image, service))}
+        access = registry.grant(asked, allowed=repos, actions=("pull",))
+    token = await asyncio.to_thread(cloud.registry.token, subject=user, service=service,
+                                    access=access)
+    return JSONResponse({"token": token, "access_token": token,
+                         "expires_in": registry.TTL_S})

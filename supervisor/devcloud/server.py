@@ -40,6 +40,7 @@ from starlette.routing import Route
 from supervisor.api.params import parse_json, read_limited
 from supervisor.devcloud import managed, openbalena, proxy
 from supervisor.devcloud.db import Db, Kind, Scope
+from supervisor.devcloud.registry import TokenIssuer
 from supervisor.errors import BadRequest, Forbidden, NotFound, SupervisorError, Unauthorized
 
 BODY_LIMIT = 10 * 1024 * 1024  # bytes of a request body (JSON); a 413 past it
@@ -54,9 +55,10 @@ Handler = Callable[[Request], Awaitable[Response]]
 class DevCloud:
     """The server's state: the database, the admin token, logs, background notifications."""
 
-    def __init__(self, db: Db, token: str) -> None:
+    def __init__(self, db: Db, token: str, registry: TokenIssuer | None = None) -> None:
         self.db = db
         self.token = token
+        self.registry = registry  # signs registry tokens when set (registry.py)
         self.logs = managed.DeviceLogs()
         self.violations: list[str] = []  # openBalena rules the devices broke (openbalena.py)
         self._tasks: set[asyncio.Task[None]] = set()
