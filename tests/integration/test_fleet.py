@@ -10,8 +10,10 @@ while the cloud is down must run its cached target.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import docker.errors
 import httpx
 import pytest
 
@@ -181,6 +184,10 @@ class Fleet:
         pushed = self.cloud.client().call("POST", f"/admin/fleets/{self.name}/releases", release)
         return str(pushed["commit"])
 
+    def violations(self) -> list[str]:
+        """The openBalena rules the devices broke (supervisor/devcloud/openbalena.py)."""
+        return list(self.cloud.client().call("GET", "/admin/violations"))
+
     def device_rows(self) -> dict[str, dict[str, Any]]:
         return {row["uuid"]: row for row in self.cloud.client().call("GET", "/admin/devices")}
 
@@ -237,15 +244,76 @@ def fleet(tmp_path: Path, docker_client: docker.DockerClient, docker_host: str,
         dev2.close()
 
 
+@pytest.fixture
+def private_image(fleet: Fleet, tmp_path: Path, docker_client: docker.DockerClient,
+                  base_image: str) -> Iterator[str]:
+    """The base image in a `docker-registry` with token auth whose tokens the devcloud signs
+    (supervisor/devcloud/registry.py), as openBalena's registry: pushed by the admin, the
+    local tag removed, so a device pulls it only with its own `d_<uuid>` credentials."""
+    binary = shutil.which("docker-registry")
+    if binary is None:
+        dockerkit.unavailable("docker-registry is not installed")
+    root = tmp_path / "token-registry"
+    root.mkdir()
+    address = f"127.0.0.1:{_free_port()}"
+    (root / "config.yml").write_text(f"""version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: {root / "data"}
+http:
+  addr: {address}
+  secret: test-token-registry
+auth:
+  token:
+    realm: {fleet.cloud.url}/auth/v1/token
+    service: {address}
+    issuer: devcloud
+    rootcertbundle: {fleet.cloud.data_dir / "registry-cert.pem"}
+""")
+    log = (root / "registry.log").open("ab")
+    proc = subprocess.Popen([binary, "serve", str(root / "config.yml")], stdout=log,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    ref = f"{address}/{fleet.name}/private:latest"
+    try:
+        _wait(lambda: _http_status(f"http://{address}/v2/") == 401, "the token registry", 60,
+              lambda: _tail(root / "registry.log"))
+        docker_client.images.get(base_image).tag(ref)
+        token = (fleet.cloud.data_dir / "admin-token").read_text().strip()
+        out = docker_client.images.push(ref, auth_config={"username": "admin",
+                                                          "password": token})
+        assert "error" not in out.lower(), out
+        docker_client.images.remove(ref)
+        with pytest.raises(docker.errors.APIError):  # private: no anonymous pull
+            docker_client.images.pull(ref)
+        yield ref
+    finally:
+        for device in fleet.devices:  # untagged (force: its containers may still exist)
+            with contextlib.suppress(docker.errors.DockerException):
+                device.engine.images.remove(ref, force=True)
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+
+
+def _http_status(url: str) -> int | None:
+    try:
+        return httpx.get(url, timeout=5).status_code
+    except httpx.HTTPError:
+        return None
+
+
 @pytest.mark.timeout(400)
 def test_a_release_converges_on_both_devices_and_the_proxy_reaches_them(
-        fleet: Fleet, base_image: str) -> None:
+        fleet: Fleet, private_image: str) -> None:
     for device in fleet.devices:
         config = device.config
         assert "apiKey" not in config, "the provisioning key must be dropped once registered"
         assert config["registered_at"] and config["deviceApiKey"]
 
-    commit = fleet.push(_release(base_image, "hello"))
+    # a private release: each device pulls it with its own d_<uuid> credentials
+    commit = fleet.push(_release(private_image, "hello"))
     fleet.wait_done(commit, f"both devices to report {commit} done")
     for device in fleet.devices:
         fleet.wait_running(device, commit, f"{device.name} to run {commit}", 30)
@@ -270,11 +338,24 @@ def test_a_release_converges_on_both_devices_and_the_proxy_reaches_them(
         assert info["api_port"] == device.port
         assert info["commit"] == commit
 
+    # openBalena's proxy: the device called with ?apikey=<api_secret>, a fleet-wide call
+    # answered 207 with [{statusCode, body}]
     results = client.call("POST", "/supervisor/v1/blink", {"appId": fleet.app_id})
-    assert sorted(r["uuid"] for r in results) == sorted(d.uuid for d in fleet.devices)
-    assert all(r.get("status") == 200 for r in results), results
+    assert len(results) == 2 and all(r["statusCode"] == 200 for r in results), results
     pings = client.call("POST", "/supervisor/ping", {"appId": fleet.app_id, "method": "GET"})
     assert [p["body"] for p in pings] == ["OK", "OK"]
+
+    # tags: the device API refuses a reserved key (openBalena would); the others reach the cloud
+    device = fleet.devices[0]
+    api = f"http://127.0.0.1:{device.port}/v2/device/tags"
+    key = {"Authorization": f"Bearer {device.api_key()}"}
+    refused = httpx.patch(api, json={"room": "lab", "io.balena.x": "1"}, headers=key)
+    assert refused.status_code == 400
+    assert httpx.patch(api, json={"room": "lab", "floor": "2"}, headers=key).status_code == 202
+    _wait(lambda: client.call("GET", f"/admin/devices/{device.uuid}")["tags"] ==
+          {"room": "lab", "floor": "2"}, "the tags to reach the cloud", 60, fleet.logs)
+    assert fleet.violations() == []
+    assert "Failed to report current state" not in device.log.read_text(errors="replace")
 
 
 @pytest.mark.timeout(400)
@@ -378,7 +459,17 @@ def test_local_mode_from_the_cloud_and_back(fleet: Fleet, base_image: str) -> No
     assert httpx.post(f"{api}/v2/local/target-state", json=local).status_code == 200
     fleet.wait_running(device, "localc0mmit", "the local target to run")
 
+    # the local release is never reported: openBalena refuses the whole report naming it
+    # (401, recorded as a violation), which would stop status/IP updates for good
+    detail = fleet.cloud.client().call("GET", f"/admin/devices/{device.uuid}")
+    assert "localc0mmit" not in json.dumps(detail["state"])
+    assert fleet.violations() == []
+    assert "Failed to report current state" not in device.log.read_text(errors="replace")
+
     # leaving local mode restores the cloud target
     client.call("DELETE", f"/admin/devices/{device.uuid}/config/SUPERVISOR_LOCAL_MODE")
     fleet.wait_running(device, commit, "the cloud target to come back")
     assert httpx.get(f"{api}/v2/local/target-state").status_code == 401
+    fleet.wait_done(commit, "the cloud release reported again after local mode")
+    assert fleet.violations() == []
+    assert "Failed to report current state" not in device.log.read_text(errors="replace")
