@@ -5,6 +5,8 @@ clock is injected: time is moved, never waited for)."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -55,3 +57,21 @@ def test_wrong_key_is_refused(cloud: Cloud) -> None:
     with pytest.raises(CloudError) as caught:
         asyncio.run(tokens(cloud, "wrong", [0.0]).token(SRC, DEST))
     assert caught.value.status == 401
+
+
+def test_a_device_may_pull_only_its_own_fleets_repositories(cloud: Cloud) -> None:
+    """openBalena's registry auth: the token grants pull on the fleet's images, nothing else."""
+    registry = "127.0.0.1:5999"
+    cloud.client().call("POST", "/admin/fleets/logs/releases", {"services": {
+        "main": {"image": f"{registry}/logs/app:1"}}})
+    client = CloudClient(cloud.url, api_key=lambda: "unused", user_agent="test")
+    basic = base64.b64encode(f"d_{cloud.uuid}:{cloud.key}".encode()).decode()
+    query = (f"/auth/v1/token?service={registry}&scope=repository:logs/app:pull,push"
+             "&scope=repository:other/app:pull")
+    answer = asyncio.run(client.request("GET", query, headers={"Authorization": f"Basic {basic}"}))
+    claims64 = answer.json()["token"].split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(claims64 + "=" * (-len(claims64) % 4)))
+    assert claims["sub"] == f"d_{cloud.uuid}" and claims["aud"] == registry
+    assert claims["access"] == [
+        {"type": "repository", "name": "logs/app", "actions": ["pull"]},
+        {"type": "repository", "name": "other/app", "actions": []}]
