@@ -11,6 +11,7 @@ while the cloud is down must run its cached target.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -323,6 +324,14 @@ def test_a_release_converges_on_both_devices_and_the_proxy_reaches_them(
 
     rows = fleet.device_rows()
     client = fleet.cloud.client()
+
+    def logged(uuid: str) -> bool:
+        return any(e.get("message") == "hello" and e.get("serviceName") == "main"
+                   for e in client.call("GET", f"/admin/devices/{uuid}/logs"))
+
+    for device in fleet.devices:  # the device log streams to the cloud (cloud/cloudlogs.py)
+        _wait(functools.partial(logged, device.uuid), f"{device.name}'s log in the cloud", 60,
+              fleet.logs)
     for device in fleet.devices:
         row = rows[device.uuid]
         detail = client.call("GET", f"/admin/devices/{device.uuid}")
