@@ -240,10 +240,11 @@ def test_the_token_from_the_environment_or_a_file_and_private_files(
 
 
 def test_a_device_cannot_forge_lines_of_the_log(cloud: Cloud) -> None:
-    key = cloud.client().call("POST", "/admin/fleets/logs/provisioning-keys")["key"]
+    made = cloud.client().call("POST", "/admin/fleets/logs/provisioning-keys")
     uuid = "b" * 32 + "\nFORGED INFO line\x1b[31m"
-    Client(cloud.url, key).call("POST", "/device/register", {
-        "uuid": uuid, "api_key": "other", "device_type": "generic"})
+    Client(cloud.url, made["key"]).call("POST", "/device/register", {
+        "application": made["applicationId"], "uuid": uuid, "api_key": "other",
+        "device_type": made["deviceType"]})
     log = cloud.data_dir / "devcloud.log"
     wait_for(lambda: "\\nFORGED INFO line\\x1b[31m" in log.read_text(), "the escaped log line")
     text = log.read_text()
