@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Collection, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from supervisor.actions.gate import ActionGate
 from supervisor.actions.messages import (
@@ -24,6 +24,7 @@ from supervisor.actions.messages import (
     V2_SERVICE_ENDPOINT_ERROR,
     ServiceAction,
 )
+from supervisor.actions.ports import Device
 from supervisor.device_flags import lock_override
 from supervisor.errors import BadRequest, ConfigError, NotFound, SupervisorError
 from supervisor.host.firmware import extra_firmware_volume
@@ -37,9 +38,6 @@ from supervisor.model.intents import (
     not_recreated,
 )
 from supervisor.model.target import TargetApp, TargetService, TargetState
-
-if TYPE_CHECKING:
-    from supervisor.runtime import Runtime
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -77,7 +75,7 @@ def target_service(target: TargetState | None, app_id: int,
 
 
 class AppActions:
-    def __init__(self, runtime: Runtime, gate: ActionGate) -> None:
+    def __init__(self, runtime: Device, gate: ActionGate) -> None:
         self._rt = runtime
         self._gate = gate
         self.recreate_timeout = RECREATE_TIMEOUT

@@ -14,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from supervisor.actions.gate import ActionGate, all_app_services, update_locks
+from supervisor.actions.ports import Device
 from supervisor.device_flags import instant_updates, lock_override
 from supervisor.errors import UpdatesLocked
 from supervisor.host.actions import restart_host_services
@@ -24,9 +25,6 @@ from supervisor.host.breadcrumb import host_os_update_in_progress
 from supervisor.host.hostconfig import apply_patch, read_host_config, read_hostname, validate_patch
 from supervisor.model.current import Current
 from supervisor.model.intents import StopAll
-
-if TYPE_CHECKING:
-    from supervisor.runtime import Runtime
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -36,7 +34,7 @@ HUP_MESSAGE = "Waiting for Host OS update to finish"
 
 
 class DeviceActions:
-    def __init__(self, runtime: Runtime, gate: ActionGate) -> None:
+    def __init__(self, runtime: Device, gate: ActionGate) -> None:
         self._rt = runtime
         self._gate = gate
         self._tasks: set[asyncio.Task[None]] = set()

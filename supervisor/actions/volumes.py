@@ -11,14 +11,11 @@ only the in-scope ones.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 
+from supervisor.actions.ports import Device
 from supervisor.model.current import Current
 from supervisor.model.intents import RemoveVolumes
 from supervisor.model.target import TargetState
-
-if TYPE_CHECKING:
-    from supervisor.runtime import Runtime
 
 _APP_VOLUME = re.compile(r"^(\d+)_\S+$")
 
@@ -49,7 +46,7 @@ def orphan_volumes(current: Current, target: TargetState | None,
     return out
 
 
-async def cleanup_volumes(runtime: Runtime, app_ids: frozenset[int] | None) -> list[str]:
+async def cleanup_volumes(runtime: Device, app_ids: frozenset[int] | None) -> list[str]:
     """Remove the orphans; returns the names removed."""
     current = await runtime.engine.observe()
     names = orphan_volumes(current, runtime.target, app_ids)
