@@ -38,7 +38,7 @@ SUPERVISOR0_GATEWAY = "10.114.104.1"
 _VOLUME_NAME = re.compile(r"(\d+)_(\S+)")
 
 
-def _normalise_labels(labels: dict[str, str] | None) -> dict[str, str]:
+def normalise_labels(labels: dict[str, str] | None) -> dict[str, str]:
     """Legacy io.resin.* labels read as io.balena.*; io.balena.* wins on conflict."""
     out: dict[str, str] = {}
     for key, value in (labels or {}).items():
@@ -150,7 +150,7 @@ class DockerEngine:
 
     def _container(self, info: dict[str, Any]) -> ContainerInfo | None:
         config = info.get("Config") or {}
-        labels = _normalise_labels(config.get("Labels"))
+        labels = normalise_labels(config.get("Labels"))
         name = info.get("Name", "").lstrip("/")
         parsed = parse_container_name(name)
         try:
@@ -215,7 +215,7 @@ class DockerEngine:
         out: dict[str, NetworkInfo] = {}
         for label in ("io.balena.supervised", "io.resin.supervised"):
             for net in self.api.networks(filters={"label": label}):
-                labels = _normalise_labels(net.get("Labels"))
+                labels = normalise_labels(net.get("Labels"))
                 app_id = labels.get("io.balena.app-id")
                 name = net["Name"]
                 app_uuid = name.split("_", 1)[0] if "_" in name else None
@@ -239,7 +239,7 @@ class DockerEngine:
             match = _VOLUME_NAME.search(vol["Name"])
             if not match:
                 continue
-            labels = _normalise_labels(vol.get("Labels"))
+            labels = normalise_labels(vol.get("Labels"))
             out.append(
                 VolumeInfo(
                     name=vol["Name"],

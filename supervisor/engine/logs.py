@@ -30,9 +30,9 @@ from typing import Any
 
 import docker
 import docker.errors
-from docker.types import CancellableStream
 
-from supervisor.engine.docker import _normalise_labels
+from supervisor.engine import dockerpy_private
+from supervisor.engine.docker import normalise_labels
 from supervisor.logs import LogMessage
 from supervisor.model.spec import parse_container_name
 
@@ -72,7 +72,7 @@ class Source:
 def source_of(info: dict[str, Any]) -> Source | None:
     """The identity of a supervised container from its inspect data; None if unsupervised."""
     config = info.get("Config") or {}
-    labels = _normalise_labels(config.get("Labels"))
+    labels = normalise_labels(config.get("Labels"))
     if labels.get("io.balena.supervised") is None or "io.balena.app-id" not in labels:
         return None
     parsed = parse_container_name(info.get("Name", ""))
@@ -284,7 +284,7 @@ class LogFollowers:
         response = follower.response
         if response is not None:
             try:
-                CancellableStream(iter(()), response).close()
+                dockerpy_private.shutdown(response)
             except Exception:  # already closed, or the socket is gone: the thread ends anyway
                 _LOGGER.debug("closing log stream of %s failed", follower.cid, exc_info=True)
 
@@ -329,13 +329,13 @@ class LogFollowers:
         params = {"stdout": 0 if level in ("err", "error") else 1, "stderr": 1,
                   "timestamps": 1, "follow": 1, "tail": "all",
                   "since": f"{since // 1_000_000_000}.{since % 1_000_000_000:09d}"}
-        response = api._get(api._url("/containers/{0}/logs", follower.cid),
-                            params=params, stream=True)
+        response = dockerpy_private.open_stream(api, "/containers/{0}/logs", follower.cid,
+                                                params=params)
         follower.response = response
         try:
             if follower.stop.is_set():
                 return False
-            api._raise_for_status(response)
+            dockerpy_private.raise_for_status(api, response)
             splitter = LineSplitter(tty=bool((info.get("Config") or {}).get("Tty")))
             skip_until = follower.last_ns  # a resumed stream repeats lines up to here
             for chunk in _chunks(response):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -246,3 +247,28 @@ def test_unsupervised_container_is_ignored(
         assert run(main) == frozenset()
     finally:
         container.remove(force=True)
+
+
+def test_unfollow_ends_the_read_of_a_quiet_container(
+        docker_host: str, make_container: Callable[..., Any]) -> None:
+    # The follower blocks in a read that only the socket shutdown of
+    # engine/dockerpy_private.py can end: the container prints nothing more, ever.
+    container = make_container(WAIT_THEN_PRINT)
+    thread_name = f"logs-{container.id[:12]}"
+
+    def alive() -> bool:
+        return any(t.name == thread_name for t in threading.enumerate())
+
+    async def main() -> None:
+        followers = LogFollowers(docker_host, lambda batch: None)
+        try:
+            followers.follow(container.id)
+            await wait_until(lambda: followers.attached(container.id), "the follower")
+            assert alive()
+            followers.unfollow(container.id)
+            # Generous limit; without the shutdown the read would last the container's life.
+            await wait_until(lambda: not alive(), "the follower thread to end", limit=30)
+        finally:
+            await asyncio.to_thread(followers.close)
+
+    run(main)
