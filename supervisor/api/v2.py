@@ -12,11 +12,12 @@ from typing import Literal
 from starlette.responses import Response
 
 from supervisor.api import views
-from supervisor.api.context import V2_SERVICE_ENDPOINT_ERROR, JournalParams
+from supervisor.api.context import V2_SERVICE_ENDPOINT_ERROR
 from supervisor.api.params import ApiRequest, check_int, check_string, check_truthy, js_truthy
 from supervisor.api.streams import SlotStreamingResponse, stream_slots
 from supervisor.cloud.tags import RESERVED_PREFIXES
 from supervisor.errors import BadRequest
+from supervisor.journal import JournalParams
 
 _UNAUTHORIZED = {"status": "failed", "message": "Unauthorized"}
 _BAD_TAGS = "Invalid tags body, must be an object like `{[tagKey: string]: string}`"

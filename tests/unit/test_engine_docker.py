@@ -22,7 +22,7 @@ import pytest
 import requests
 
 from supervisor import errors
-from supervisor.engine.docker import DockerEngine, _normalise_labels, _split_ref, _translate
+from supervisor.engine.docker import DockerEngine, _split_ref, _translate, normalise_labels
 from supervisor.model.current import CONFIG_HASH_LABEL
 from supervisor.model.spec import ContainerSpec
 
@@ -237,8 +237,8 @@ def test_volumes_are_the_app_volumes(engine: DockerEngine, api: FakeApi) -> None
 
 
 def test_labels_normalise() -> None:
-    assert _normalise_labels(None) == {}
-    assert _normalise_labels({"io.resin.a": "old", "io.balena.a": "new", "io.resin.b": "b",
+    assert normalise_labels(None) == {}
+    assert normalise_labels({"io.resin.a": "old", "io.balena.a": "new", "io.resin.b": "b",
                               "other": "x"}) == {"io.balena.a": "new", "io.balena.b": "b",
                                                  "other": "x"}
 
