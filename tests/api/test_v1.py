@@ -7,11 +7,6 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from supervisor.api.context import (
-    APP_NOT_FOUND,
-    TARGET_SERVICE_NOT_FOUND,
-    V2_SERVICE_ENDPOINT_ERROR,
-)
 from supervisor.errors import BadRequest, EngineError, NotFound, UpdatesLocked
 from tests.api.fakes import (
     APP1_KEY,
@@ -23,6 +18,7 @@ from tests.api.fakes import (
     empty_snapshot,
     standard_snapshot,
 )
+from tests.spec_texts import APP_NOT_FOUND, TARGET_SERVICE_NOT_FOUND, V2_SERVICE_ENDPOINT_ERROR
 
 if TYPE_CHECKING:
     from starlette.testclient import TestClient

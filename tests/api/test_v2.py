@@ -8,13 +8,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from supervisor import COMPAT_VERSION
-from supervisor.api.context import (
-    APP_NOT_FOUND,
-    SERVICE_NOT_FOUND,
-    TARGET_SERVICE_NOT_FOUND,
-    V2_SERVICE_ENDPOINT_ERROR,
-    JournalParams,
-)
+from supervisor.api.context import JournalParams
 from supervisor.errors import EngineError, NotFound, TargetInvalid, UpdatesLocked
 from supervisor.model.steps import Fetch, Noop
 from tests.api.fakes import (
@@ -26,6 +20,12 @@ from tests.api.fakes import (
     WORKER_IMAGE,
     FakeContext,
     empty_snapshot,
+)
+from tests.spec_texts import (
+    APP_NOT_FOUND,
+    SERVICE_NOT_FOUND,
+    TARGET_SERVICE_NOT_FOUND,
+    V2_SERVICE_ENDPOINT_ERROR,
 )
 
 if TYPE_CHECKING:

@@ -25,10 +25,10 @@ import pytest
 
 from supervisor.api.actions import RuntimeActions, RuntimeApi
 from supervisor.api.app import build_app
-from supervisor.api.context import SERVICE_NOT_FOUND, V2_SERVICE_ENDPOINT_ERROR
 from supervisor.errors import BadRequest, NotFound, SupervisorError, UpdatesLocked
 from supervisor.runtime import Runtime
 from supervisor.settings import load_settings
+from tests.spec_texts import SERVICE_NOT_FOUND, V2_SERVICE_ENDPOINT_ERROR
 
 APP = 7301
 # A TERM trap so that a stop takes about a second, not Docker's 10 s kill timeout.

@@ -21,12 +21,7 @@ from supervisor.actions.apps import extra_firmware_volume, pick_container, targe
 from supervisor.actions.gate import ActionGate, lock_dirs
 from supervisor.actions.volumes import orphan_volumes
 from supervisor.api.actions import RuntimeActions
-from supervisor.api.context import (
-    APP_NOT_FOUND,
-    SERVICE_NOT_FOUND,
-    TARGET_SERVICE_NOT_FOUND,
-    JournalParams,
-)
+from supervisor.api.context import JournalParams
 from supervisor.api.local_target import camel_case, local_target_state
 from supervisor.device_flags import instant_updates, lock_override
 from supervisor.errors import BadRequest, NotFound, SupervisorError, UpdatesLocked
@@ -42,6 +37,7 @@ from supervisor.reconciler import LoopState
 from supervisor.runtime import Runtime
 from supervisor.settings import load_settings
 from supervisor.store import AsyncStore
+from tests.spec_texts import APP_NOT_FOUND, SERVICE_NOT_FOUND, TARGET_SERVICE_NOT_FOUND
 
 UUID = "d9f3c0a1b2c3d4e5f60718293a4b5c6d"
 IMAGE = "registry.local/app/main:latest"
