@@ -24,11 +24,10 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from supervisor.reconciler import LoopState
-    from supervisor.runtime import Runtime
 
 ENGINE_GRACE_S = 120.0
 MAX_FETCH_PERIODS = 256  # bounded memory; older periods only make the check stricter
@@ -116,7 +115,29 @@ class HealthCheck:
         return now - start - self._fetches.seconds_since(start, now)
 
 
-def runtime_health(rt: Runtime) -> HealthCheck:
+class _PollSettings(Protocol):
+    @property
+    def poll_interval_ms(self) -> int: ...
+
+
+class _Cloud(Protocol):
+    def healthy(self) -> tuple[bool, str]: ...
+
+
+class HealthSource(Protocol):
+    """The parts of the running supervisor the check reads (the runtime implements it)."""
+
+    @property
+    def settings(self) -> _PollSettings: ...
+
+    @property
+    def fetches(self) -> FetchTimer: ...
+
+    @property
+    def cloud(self) -> _Cloud | None: ...
+
+
+def runtime_health(rt: HealthSource) -> HealthCheck:
     """The check on the running supervisor's parts (a cheap object: built per request)."""
     def loop_alive() -> bool:
         task = getattr(rt, "reconciler_task", None)
