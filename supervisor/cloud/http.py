@@ -7,6 +7,11 @@ waits on the network. There are no automatic retries: callers own their backoff 
 §6.4). Environment proxies are ignored on purpose: balenaOS proxies at the OS level (redsocks).
 HTTPS trusts the system's CAs plus config.json `balenaRootCA` (`tls_context`), as the log
 stream does: a self-signed openBalena install works.
+
+Answers are bounded (`MAX_BODY`, 32 MiB, far above any real target state): the body is read
+64 KiB at a time and refused as soon as it passes the bound, and a gzip body is inflated in
+steps that never produce more than the bound, so a gzip bomb costs at most the bound in memory
+before it is refused with a `CloudError` saying so (the agent's calls and the devcloud proxy).
 """
 
 from __future__ import annotations
@@ -14,12 +19,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import email.utils
-import gzip
 import json
 import ssl
 import time
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -27,6 +32,8 @@ from typing import Any, Protocol
 from supervisor.errors import ConfigError, SupervisorError
 
 DEFAULT_TIMEOUT_S = 59.0  # apiRequestTimeout (config.md §1.2)
+MAX_BODY = 32 * 1024 * 1024  # an answer's bytes, read and (when gzip) inflated: see above
+_CHUNK = 64 * 1024
 
 # An empty ProxyHandler: urllib would otherwise read http_proxy & co from the environment.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -137,27 +144,72 @@ class CloudClient:
 
 
 def send(request: urllib.request.Request, timeout: float,
-         via: urllib.request.OpenerDirector = _OPENER) -> Response:
-    """Blocking: run in a worker thread. Any HTTP status is a Response."""
+         via: urllib.request.OpenerDirector = _OPENER, *, limit: int = MAX_BODY) -> Response:
+    """Blocking: run in a worker thread. Any HTTP status is a Response; an answer over
+    `limit` bytes (read, or inflated) is a CloudError."""
     try:
         with via.open(request, timeout=timeout) as answer:
-            return _response(answer.status, answer.headers, answer.read())
+            return _response(answer.status, answer.headers, answer, limit)
     except urllib.error.HTTPError as err:
         with err:
-            return _response(err.code, err.headers, err.read())
+            return _response(err.code, err.headers, err, limit)
     except (urllib.error.URLError, OSError, ValueError) as err:
         reason = getattr(err, "reason", None) or err
         raise CloudError(f"cannot reach {request.full_url}: {reason}") from err
 
 
-def _response(status: int, headers: Any, body: bytes) -> Response:
+class _Readable(Protocol):
+    def read(self, amt: int, /) -> bytes: ...
+
+
+def _response(status: int, headers: Any, answer: _Readable, limit: int) -> Response:
     names = {k.lower(): v for k, v in (headers.items() if headers is not None else ())}
+    body = _read(answer, status, limit)
     if names.get("content-encoding", "").lower() == "gzip" and body:
-        try:
-            body = gzip.decompress(body)
-        except (OSError, EOFError) as err:
-            raise CloudError(f"the cloud sent a corrupt gzip body: {err}", status=status) from err
+        body = _gunzip(body, status, limit)
     return Response(status=status, headers=names, body=body)
+
+
+def _too_big(status: int, limit: int, what: str) -> CloudError:
+    return CloudError(f"the cloud's answer is too large: {what} more than {limit} bytes",
+                      status=status)
+
+
+def _read(answer: _Readable, status: int, limit: int) -> bytes:
+    """The body, 64 KiB at a time (never a buffer of `limit` up front), refused past `limit`.
+    Pieces are joined once at the end: a growing buffer would over-allocate past the bound."""
+    pieces: list[bytes] = []
+    size = 0
+    while chunk := answer.read(_CHUNK):
+        pieces.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise _too_big(status, limit, "its body is")
+    return b"".join(pieces)
+
+
+def _gunzip(body: bytes, status: int, limit: int) -> bytes:
+    """Inflate gzip member after member, 64 KiB of output per step, refused past `limit`."""
+    pieces: list[bytes] = []
+    size = 0
+    data = body
+    try:
+        while data:
+            inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+            while not inflater.eof:
+                # max_length >= 1 (0 would mean unbounded): at most one byte past the limit.
+                piece = inflater.decompress(data, min(_CHUNK, limit + 1 - size))
+                pieces.append(piece)
+                size += len(piece)
+                if size > limit:
+                    raise _too_big(status, limit, "inflated, it is")
+                data = inflater.unconsumed_tail
+                if not (piece or data or inflater.eof):  # input used up, no end marker
+                    raise EOFError("the gzip stream ends before its end marker")
+            data = inflater.unused_data  # a next gzip member, as gzip.decompress accepts
+    except (zlib.error, EOFError) as err:
+        raise CloudError(f"the cloud sent a corrupt gzip body: {err}", status=status) from err
+    return b"".join(pieces)
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
