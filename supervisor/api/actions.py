@@ -12,26 +12,71 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from supervisor.actions.apps import AppActions
 from supervisor.actions.device import DeviceActions
 from supervisor.actions.gate import ActionGate
+from supervisor.actions.ports import Device
 from supervisor.actions.volumes import cleanup_volumes
 from supervisor.api.context import JournalParams, KeyRecord, ServiceAction
 from supervisor.api.local_target import local_target_state
+from supervisor.board.led import Led
 from supervisor.errors import NotFound
-from supervisor.health import runtime_health
+from supervisor.events import EventBus
+from supervisor.health import HealthSource, runtime_health
 from supervisor.host.vpn import vpn_status
 from supervisor.journal import open_journal
 from supervisor.locks import container_path
+from supervisor.logs import LogHub
 from supervisor.model.current import Snapshot
-from supervisor.model.target import parse_local_target
+from supervisor.model.target import TargetState, parse_local_target
+from supervisor.settings import Settings
+from supervisor.store import AsyncStore
 
-if TYPE_CHECKING:
-    from supervisor.events import EventBus
-    from supervisor.logs import LogHub
-    from supervisor.runtime import Runtime
+
+class _Cloud(Protocol):
+    def poll_now(self, force: bool, cancel: bool) -> None: ...
+    def healthy(self) -> tuple[bool, str]: ...
+    async def get_tags(self) -> list[dict[str, Any]]: ...
+    async def set_tags(self, tags: Mapping[str, str]) -> None: ...
+
+
+class Runtime(Device, HealthSource, Protocol):
+    """The running supervisor as the API sees it (runtime.py implements it; nothing here
+    imports the runtime)."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def cloud(self) -> _Cloud | None: ...
+
+    @property
+    def local_mode(self) -> bool: ...
+
+    @property
+    def logs(self) -> LogHub: ...
+
+    @property
+    def events(self) -> EventBus: ...
+
+    @property
+    def store(self) -> AsyncStore: ...
+
+    @property
+    def led(self) -> Led: ...
+
+    @property
+    def device_name(self) -> str: ...
+
+    @property
+    def image_ids(self) -> Mapping[str, str]: ...
+
+    async def set_target(self, target: TargetState, *, source: str,
+                         force: bool = False) -> None: ...
+
+    async def ensure_scoped_keys(self, target: TargetState) -> None: ...
 
 _LOGGER = logging.getLogger(__name__)
 
