@@ -9,6 +9,7 @@ without thresholds. Identify keeps its real timing; the tests only wait for it t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,17 +212,27 @@ def test_the_led_follows_the_connectivity_check(tmp_path: Path) -> None:
         port = int(server.sockets[0].getsockname()[1])
         monitor = ConnectivityMonitor(f"http://127.0.0.1:{port}", vpn_status_dir=tmp_path,
                                       interval=0.02)
-        monitor.on_change(lambda online: led.set_offline(not online))
+        followed: list[bool] = []  # changes the LED has fully applied
+
+        async def follow(online: bool) -> None:
+            await led.set_offline(not online)
+            followed.append(online)
+
+        monitor.on_change(follow)
         task = asyncio.create_task(monitor.run())
-        await _until(lambda: monitor.online is True, "the first check")
+        await _until(lambda: followed == [True], "the first check")
         assert not led.offline_blinking and stepper.requests.empty()
         server.close()
         await server.wait_closed()
         seen = await stepper.steps(len(CYCLE))  # offline: the pattern runs
         server = await asyncio.start_server(handle, "127.0.0.1", port)
-        await _until(lambda: monitor.online is True, "the cloud to come back")
-        await _until(lambda: not led.offline_blinking, "the pattern to stop")
+        # `online` flips before the callback has stopped the pattern (and written the LED
+        # off): wait for the callback itself to return, not for the flag.
+        await _until(lambda: followed == [True, False, True], "the pattern to stop")
+        assert not led.offline_blinking
         task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
         server.close()
         await server.wait_closed()
         return seen
