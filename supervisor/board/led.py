@@ -34,6 +34,7 @@ ON_SECONDS = 0.2
 OFF_SECONDS = 0.2
 
 Sleep = Callable[[float], Awaitable[None]]
+Clock = Callable[[], float]
 
 
 class Led(Protocol):
@@ -62,15 +63,19 @@ def _write(path: str, value: str) -> None:
 class _PatternLed:
     """Runs the identify and offline patterns, one at a time; subclasses switch the LED.
 
-    `sleep` paces the offline pattern only (tests step through it without a clock)."""
+    `sleep` paces the offline pattern; `clock` (default: the loop's) and `identify_sleep`
+    pace identify. Tests inject them to step through the patterns without a wall clock."""
 
     def __init__(self, offline: OfflinePattern = DEFAULT_OFFLINE_PATTERN,
-                 sleep: Sleep = asyncio.sleep) -> None:
+                 sleep: Sleep = asyncio.sleep, clock: Clock | None = None,
+                 identify_sleep: Sleep = asyncio.sleep) -> None:
         self._task: asyncio.Task[None] | None = None
         self._until = 0.0
         self._write_failed = False
         self._offline_pattern = offline
         self._sleep = sleep
+        self._clock = clock
+        self._identify_sleep = identify_sleep
         self._offline = False
         self._offline_task: asyncio.Task[None] | None = None
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="led")
@@ -83,9 +88,17 @@ class _PatternLed:
     def offline_blinking(self) -> bool:
         return self._offline_task is not None and not self._offline_task.done()
 
+    def _now(self) -> float:
+        return self._clock() if self._clock else asyncio.get_running_loop().time()
+
+    async def _sleep_until(self, when: float) -> None:
+        delay = when - self._now()
+        if delay > 0:
+            await self._identify_sleep(delay)
+
     async def blink(self, seconds: float = IDENTIFY_SECONDS) -> None:
         loop = asyncio.get_running_loop()
-        self._until = max(self._until, loop.time() + seconds)
+        self._until = max(self._until, self._now() + seconds)
         if not self.blinking:
             self._task = loop.create_task(self._identify(), name="led-identify")
 
@@ -143,15 +156,14 @@ class _PatternLed:
             raise
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        start, cycle = loop.time(), 0
+        start, cycle = self._now(), 0
         try:
             # Absolute schedule: thread hops for the writes do not make the period drift.
             # `_until` is re-read after every await, so a blink() meanwhile extends this run.
             while (t_on := start + cycle * (ON_SECONDS + OFF_SECONDS)) < self._until:
-                await _sleep_until(loop, t_on)
+                await self._sleep_until(t_on)
                 await self._switch(True)
-                await _sleep_until(loop, min(t_on + ON_SECONDS, self._until))
+                await self._sleep_until(min(t_on + ON_SECONDS, self._until))
                 await self._switch(False)
                 cycle += 1
         except asyncio.CancelledError:
@@ -175,19 +187,14 @@ class _PatternLed:
         self._set(on)
 
 
-async def _sleep_until(loop: asyncio.AbstractEventLoop, when: float) -> None:
-    delay = when - loop.time()
-    if delay > 0:
-        await asyncio.sleep(delay)
-
-
 class SysfsBrightnessLed(_PatternLed):
     """Writes `on`/`off` to a brightness file such as /sys/class/leds/ACT/brightness."""
 
     def __init__(self, path: str, on: str = "1", off: str = "0",
                  offline: OfflinePattern = DEFAULT_OFFLINE_PATTERN,
-                 sleep: Sleep = asyncio.sleep) -> None:
-        super().__init__(offline, sleep)
+                 sleep: Sleep = asyncio.sleep, clock: Clock | None = None,
+                 identify_sleep: Sleep = asyncio.sleep) -> None:
+        super().__init__(offline, sleep, clock, identify_sleep)
         self.path, self.on, self.off = path, on, off
 
     def _set(self, on: bool) -> None:
@@ -203,8 +210,9 @@ class SysfsTriggerLed(_PatternLed):
 
     def __init__(self, path_to_trigger: str, on_trigger: str = "default-on",
                  off_trigger: str = "none", offline: OfflinePattern = DEFAULT_OFFLINE_PATTERN,
-                 sleep: Sleep = asyncio.sleep) -> None:
-        super().__init__(offline, sleep)
+                 sleep: Sleep = asyncio.sleep, clock: Clock | None = None,
+                 identify_sleep: Sleep = asyncio.sleep) -> None:
+        super().__init__(offline, sleep, clock, identify_sleep)
         self.path, self.on_trigger, self.off_trigger = path_to_trigger, on_trigger, off_trigger
 
     def _set(self, on: bool) -> None:
@@ -224,13 +232,12 @@ class SysfsTriggerLed(_PatternLed):
         if self.on_trigger != "timer":
             await super()._run()
             return
-        loop = asyncio.get_running_loop()
         try:
-            while loop.time() < self._until:
+            while self._now() < self._until:
                 await self._switch(True)
                 # The deadline moves when blink() extends it; re-check after each sleep.
-                while (remaining := self._until - loop.time()) > 0:  # noqa: ASYNC110
-                    await asyncio.sleep(remaining)
+                while (remaining := self._until - self._now()) > 0:
+                    await self._identify_sleep(remaining)
                 await self._switch(False)
         except asyncio.CancelledError:
             await self._switch(False)
@@ -251,7 +258,8 @@ class NullLed:
 
 
 def make_led(profile: BoardProfile, led_file_override: str | None,
-             sleep: Sleep = asyncio.sleep) -> Led:
+             sleep: Sleep = asyncio.sleep, clock: Clock | None = None,
+             identify_sleep: Sleep = asyncio.sleep) -> Led:
     """The LED for this board; `--led-file` replaces the profile's file."""
     spec = profile.led
     if led_file_override == os.devnull:
@@ -270,6 +278,8 @@ def make_led(profile: BoardProfile, led_file_override: str | None,
                         " or ".join(candidates))
         return NullLed()
     if use_trigger:
-        return SysfsTriggerLed(path, spec.on_trigger, spec.off_trigger, spec.offline, sleep)
+        return SysfsTriggerLed(path, spec.on_trigger, spec.off_trigger, spec.offline, sleep,
+                               clock, identify_sleep)
     on, off = ("0", "1") if spec.active_low else ("1", "0")
-    return SysfsBrightnessLed(path, on=on, off=off, offline=spec.offline, sleep=sleep)
+    return SysfsBrightnessLed(path, on=on, off=off, offline=spec.offline, sleep=sleep,
+                              clock=clock, identify_sleep=identify_sleep)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,38 +18,58 @@ from supervisor.board.led import (
 )
 from supervisor.board.profiles import BoardProfile, LedSpec
 
-TOL = 0.09  # scheduling slack on a busy 2-core CI machine
+LIMIT = 30.0  # generous wait for a condition on a loaded machine; never a threshold
 
-Changes = list[tuple[float, str]]
-
-
-async def _record(path: Path, action: Callable[[], Awaitable[None]], watch: float) -> Changes:
-    """Run `action`, then poll `path` every 5 ms for `watch` s; return (time, value) changes."""
-    changes: Changes = []
-    t0 = time.monotonic()
-    await action()
-    last = None
-    while (now := time.monotonic()) - t0 < watch:
-        # A thread hop per sample would blur the timing we measure; the file is tiny.
-        value = path.read_text()  # noqa: ASYNC240
-        if value and value != last:  # "" = caught between truncate and write
-            changes.append((now - t0, value))
-            last = value
-        await asyncio.sleep(0.005)
-    return changes
+Steps = list[tuple[str, float]]
 
 
-def _phases(changes: Changes, on: str) -> list[tuple[float, float]]:
-    """(start, end) of every on-phase."""
-    spans, start = [], None
-    for t, value in changes:
-        if value == on and start is None:
-            start = t
-        elif value != on and start is not None:
-            spans.append((start, t))
-            start = None
-    assert start is None, "LED left on"
-    return spans
+@dataclass
+class Request:
+    led: str  # the LED file when the pattern asked to sleep
+    at: float  # virtual time of the request
+    seconds: float
+    done: asyncio.Future[None]
+
+
+class Clock:
+    """Injected clock and sleep for the identify pattern: virtual time that only moves when
+    the test releases a sleep the pattern asked for. So the test reads the exact sequence of
+    (LED value, sleep requested) with no wall clock and no threshold."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.now = 0.0
+        self.requests: asyncio.Queue[Request] = asyncio.Queue()
+
+    def time(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        done = asyncio.get_running_loop().create_future()
+        # The tiny read is the point of the test: what the LED shows during this sleep.
+        self.requests.put_nowait(Request(self.path.read_text(), self.now, seconds, done))
+        await done
+
+    async def next(self) -> Request:
+        return await asyncio.wait_for(self.requests.get(), LIMIT)
+
+    def release(self, request: Request) -> tuple[str, float]:
+        self.now = request.at + request.seconds
+        request.done.set_result(None)
+        return request.led, round(request.seconds, 9)
+
+    async def steps(self, count: int) -> Steps:
+        return [self.release(await self.next()) for _ in range(count)]
+
+
+async def _until(condition: Callable[[], bool], what: str) -> None:
+    """Wait for `condition()` with a generous limit (a poll, not a timing assumption)."""
+    try:
+        async with asyncio.timeout(LIMIT):
+            while not condition():  # noqa: ASYNC110 - a state to poll, no event to await
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 def _led_file(tmp_path: Path, initial: str = "0") -> Path:
@@ -59,82 +78,82 @@ def _led_file(tmp_path: Path, initial: str = "0") -> Path:
     return path
 
 
-def test_blink_toggles_200ms_on_200ms_off_for_the_duration(tmp_path: Path) -> None:
+def _brightness(tmp_path: Path) -> tuple[SysfsBrightnessLed, Clock, Path]:
     path = _led_file(tmp_path)
-    led = SysfsBrightnessLed(str(path))
+    clock = Clock(path)
+    return SysfsBrightnessLed(str(path), clock=clock.time, identify_sleep=clock.sleep), \
+        clock, path
 
-    async def scenario() -> Changes:
-        return await _record(path, lambda: led.blink(1.0), watch=1.6)
 
-    changes = asyncio.run(scenario())
-    spans = _phases(changes, "1")
-    # 1.0 s = on at 0, 0.4, 0.8 (the last one cut at 1.0)
-    assert len(spans) == 3
-    for start, end in spans:
-        assert end - start == pytest.approx(0.2, abs=TOL)
-    starts = [s for s, _ in spans]
-    assert [b - a for a, b in itertools.pairwise(starts)] == \
-        [pytest.approx(0.4, abs=TOL)] * 2
-    assert spans[0][0] < TOL
-    assert spans[-1][1] == pytest.approx(1.0, abs=TOL)
-    assert changes[-1][1] == "0"
+ON, OFF = ("1", 0.2), ("0", 0.2)
+
+
+def test_blink_toggles_200ms_on_200ms_off_for_the_duration(tmp_path: Path) -> None:
+    led, clock, path = _brightness(tmp_path)
+
+    async def scenario() -> Steps:
+        await led.blink(1.0)
+        seen = await clock.steps(5)
+        await _until(lambda: not led.blinking, "the pattern to end")
+        return seen
+
+    # 1.0 s = on at 0, 0.4, 0.8 (the last one cut at 1.0), then off for good
+    assert asyncio.run(scenario()) == [ON, OFF, ON, OFF, ON]
+    assert clock.now == pytest.approx(1.0)
+    assert clock.requests.empty()
     assert path.read_text() == "0"
 
 
 def test_second_blink_extends_instead_of_overlapping(tmp_path: Path) -> None:
-    path = _led_file(tmp_path)
-    led = SysfsBrightnessLed(str(path))
+    led, clock, path = _brightness(tmp_path)
 
-    async def scenario() -> Changes:
-        async def start_then_extend() -> None:
-            await led.blink(1.0)
-            # 0.3 s: off-beat, so a second overlapping pattern would show in the file
-            asyncio.get_running_loop().call_later(
-                0.3, lambda: asyncio.ensure_future(led.blink(1.0)))
-        return await _record(path, start_then_extend, watch=2.2)
+    async def scenario() -> Steps:
+        await led.blink(1.0)
+        seen = await clock.steps(1)  # on 0 .. 0.2
+        off = await clock.next()  # off 0.2 .. 0.4
+        clock.now = 0.3  # off-beat, so a second overlapping pattern would show
+        await led.blink(1.0)
+        seen.append(clock.release(off))
+        seen += await clock.steps(5)
+        await _until(lambda: not led.blinking, "the pattern to end")
+        return seen
 
-    spans = _phases(asyncio.run(scenario()), "1")
     # ends at 0.3 + 1.0 = 1.3: on at 0, 0.4, 0.8, 1.2 (cut at 1.3) - one pattern, same beat
-    assert len(spans) == 4
-    starts = [s for s, _ in spans]
-    for a, b in itertools.pairwise(starts):
-        assert b - a == pytest.approx(0.4, abs=TOL)
-    assert spans[-1][1] == pytest.approx(1.3, abs=0.07)
+    assert asyncio.run(scenario()) == [ON, OFF, ON, OFF, ON, OFF, ("1", 0.1)]
+    assert clock.now == pytest.approx(1.3)
+    assert clock.requests.empty()
     assert path.read_text() == "0"
 
 
 def test_extension_never_shortens(tmp_path: Path) -> None:
-    path = _led_file(tmp_path)
-    led = SysfsBrightnessLed(str(path))
+    led, clock, path = _brightness(tmp_path)
 
-    async def scenario() -> tuple[Changes, bool]:
-        async def long_then_short() -> None:
-            await led.blink(1.0)
-            await led.blink(0.1)
-        changes = await _record(path, long_then_short, watch=0.9)
-        still = led.blinking
-        await led.stop()
-        return changes, still
+    async def scenario() -> Steps:
+        await led.blink(1.0)
+        await led.blink(0.1)
+        seen = await clock.steps(5)
+        await _until(lambda: not led.blinking, "the pattern to end")
+        return seen
 
-    changes, still_blinking = asyncio.run(scenario())
-    assert still_blinking
-    assert len(_phases([*changes, (9.9, "0")], "1")) >= 2
+    assert asyncio.run(scenario()) == [ON, OFF, ON, OFF, ON]  # still the full 1.0 s
+    assert path.read_text() == "0"
 
 
 def test_stop_leaves_led_off_and_ends_the_pattern(tmp_path: Path) -> None:
-    path = _led_file(tmp_path)
-    led = SysfsBrightnessLed(str(path))
+    led, clock, path = _brightness(tmp_path)
 
-    async def scenario() -> Changes:
+    async def scenario() -> Request:
         await led.blink(5.0)
-        await asyncio.sleep(0.1)  # inside the first on-phase
-        assert path.read_text() == "1"
+        in_flight = await clock.next()  # inside the first on-phase
         await led.stop()
         assert not led.blinking
-        return await _record(path, lambda: asyncio.sleep(0), watch=0.6)
+        return in_flight
 
-    changes = asyncio.run(scenario())
-    assert changes == [(changes[0][0], "0")]
+    in_flight = asyncio.run(scenario())
+    assert (in_flight.led, in_flight.seconds) == ON
+    assert in_flight.done.cancelled()
+    assert clock.requests.empty()  # the pattern asked for nothing more
+    assert path.read_text() == "0"
 
 
 def test_blink_returns_immediately(tmp_path: Path) -> None:
@@ -152,30 +171,36 @@ def test_blink_returns_immediately(tmp_path: Path) -> None:
 
 def test_active_low_swaps_values_and_ends_high(tmp_path: Path) -> None:
     path = _led_file(tmp_path, "1")
+    clock = Clock(path)
     profile = BoardProfile(slug="b", name="b", arch="aarch64",
                            led=LedSpec(driver="sysfs-brightness", file=str(path), active_low=True))
-    led = make_led(profile, None)
+    led = make_led(profile, None, clock=clock.time, identify_sleep=clock.sleep)
     assert isinstance(led, SysfsBrightnessLed)
 
-    async def scenario() -> Changes:
-        return await _record(path, lambda: led.blink(0.5), watch=0.8)
+    async def scenario() -> Steps:
+        await led.blink(0.5)
+        seen = await clock.steps(3)
+        await _until(lambda: not led.blinking, "the pattern to end")
+        return seen
 
-    changes = asyncio.run(scenario())
-    assert [v for _, v in changes][:3] == ["1", "0", "1"]
+    assert asyncio.run(scenario()) == [("0", 0.2), ("1", 0.2), ("0", 0.1)]
     assert path.read_text() == "1"
 
 
 def test_trigger_led_switches_triggers(tmp_path: Path) -> None:
     trigger = tmp_path / "trigger"
     trigger.write_text("none")
-    led = SysfsTriggerLed(str(trigger), "default-on", "none")
+    clock = Clock(trigger)
+    led = SysfsTriggerLed(str(trigger), "default-on", "none", clock=clock.time,
+                          identify_sleep=clock.sleep)
 
-    async def scenario() -> Changes:
-        return await _record(trigger, lambda: led.blink(0.5), watch=0.8)
+    async def scenario() -> Steps:
+        await led.blink(0.5)
+        seen = await clock.steps(3)
+        await _until(lambda: not led.blinking, "the pattern to end")
+        return seen
 
-    changes = asyncio.run(scenario())
-    spans = _phases(changes, "default-on")
-    assert len(spans) == 2
+    assert asyncio.run(scenario()) == [("default-on", 0.2), ("none", 0.2), ("default-on", 0.1)]
     assert trigger.read_text() == "none"
 
 
@@ -184,32 +209,45 @@ def test_trigger_led_timer_mode_lets_the_kernel_blink(tmp_path: Path) -> None:
     trigger.write_text("none")
     for name in ("delay_on", "delay_off"):
         (tmp_path / name).write_text("500")
-    led = SysfsTriggerLed(str(trigger), "timer", "none")
+    clock = Clock(trigger)
+    led = SysfsTriggerLed(str(trigger), "timer", "none", clock=clock.time,
+                          identify_sleep=clock.sleep)
 
-    async def scenario() -> Changes:
-        return await _record(trigger, lambda: led.blink(0.6), watch=1.0)
+    async def scenario() -> Steps:
+        await led.blink(0.6)
+        seen = await clock.steps(1)
+        await _until(lambda: not led.blinking, "the pattern to end")
+        return seen
 
-    changes = asyncio.run(scenario())
-    # first sample is the initial value, read before the task gets to run
-    assert [v for _, v in changes] == ["none", "timer", "none"]
-    assert changes[1][0] < TOL
-    assert changes[2][0] == pytest.approx(0.6, abs=TOL)
+    # one sleep for the whole duration: the kernel blinks, we only switch at both ends
+    assert asyncio.run(scenario()) == [("timer", 0.6)]
+    assert trigger.read_text() == "none"
     assert (tmp_path / "delay_on").read_text() == "200"
     assert (tmp_path / "delay_off").read_text() == "200"
 
 
 def test_write_errors_are_logged_once_and_do_not_raise(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    led = SysfsBrightnessLed(str(tmp_path / "gone"))
+    gone = tmp_path / "gone"
+    now = 0.0
+    slept: list[float] = []
+
+    async def advance(seconds: float) -> None:  # nothing to show: virtual time just moves
+        nonlocal now
+        slept.append(seconds)
+        now += seconds
+
+    led = SysfsBrightnessLed(str(gone), clock=lambda: now, identify_sleep=advance)
 
     async def scenario() -> None:
         await led.blink(0.5)
-        await asyncio.sleep(0.7)
+        await _until(lambda: not led.blinking, "the pattern to end")
 
     with caplog.at_level(logging.WARNING):
         asyncio.run(scenario())
+    assert len(slept) == 3  # the pattern ran through every failing write
     assert caplog.text.count("Cannot drive the identify LED") == 1
-    assert not (tmp_path / "gone").exists()  # never creates the file
+    assert not gone.exists()  # never creates the file
 
 
 # ---------------------------------------------------------------------------- make_led
