@@ -23,9 +23,10 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from supervisor import COMPAT_VERSION, system
+from supervisor.board.profiles import BoardProfile
 from supervisor.cloud.cloudlogs import CloudLogs
 from supervisor.cloud.failures import FailureBudget, config_var, limit_from, target_hash
 from supervisor.cloud.http import CloudClient, tls_context
@@ -34,12 +35,52 @@ from supervisor.cloud.poller import Poller
 from supervisor.cloud.provision import DeviceInfo, provision, registration_device_type
 from supervisor.cloud.reporter import DeviceState, Reporter, device_state, reported_commits
 from supervisor.cloud.tags import TagReporter
+from supervisor.device_config import DeviceConfiguration
 from supervisor.errors import ConfigError, SupervisorError, TargetInvalid
+from supervisor.logs import LogHub
 from supervisor.model.config_vars import DeviceConfig
+from supervisor.model.current import Snapshot
 from supervisor.model.target import TargetState, parse_target, to_v3
+from supervisor.reconciler import Reconciler
+from supervisor.settings import Settings
+from supervisor.store import AsyncStore
 
-if TYPE_CHECKING:
-    from supervisor.runtime import Runtime
+
+class Runtime(Protocol):
+    """The running supervisor as the cloud link sees it (runtime.py implements it; nothing
+    here imports the runtime)."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def board(self) -> BoardProfile: ...
+
+    @property
+    def device_config(self) -> DeviceConfiguration: ...
+
+    @property
+    def local_mode(self) -> bool: ...
+
+    @property
+    def logs(self) -> LogHub: ...
+
+    @property
+    def store(self) -> AsyncStore: ...
+
+    @property
+    def target(self) -> TargetState | None: ...
+
+    @property
+    def snapshot(self) -> Snapshot: ...
+
+    @property
+    def reconciler(self) -> Reconciler: ...
+
+    def log(self, message: str) -> None: ...
+
+    async def set_target(self, target: TargetState, *, source: str,
+                         force: bool = False) -> None: ...
 
 _LOGGER = logging.getLogger(__name__)
 
