@@ -5,12 +5,16 @@ Each test runs a real supervisor process (local mode) and checks what Docker sho
 
 from __future__ import annotations
 
+import contextlib
 import json
+import queue
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import docker
+import httpx
 
 from tests.integration.dockerkit import push_random_image
 from tests.integration.supervisor_proc import SupervisorProc, local_target
@@ -148,6 +152,24 @@ def test_depends_on_start_order(sup: Any, docker_client: Any, base_image: str) -
         < log.index(f"Starting service 'front {base_image}'"), log
 
 
+def _event_reader(url: str, out: queue.Queue[tuple[str, dict[str, Any]]],
+                  stop: threading.Event) -> None:
+    """(name, data) of every server-sent event, in order, on a thread."""
+
+    def run() -> None:
+        name = ""
+        with httpx.stream("GET", url, timeout=None) as resp:
+            for line in resp.iter_lines():
+                if line.startswith("event:"):
+                    name = line[6:].strip()
+                elif line.startswith("data:"):
+                    out.put((name, json.loads(line[5:])))
+                if stop.is_set():
+                    return
+
+    threading.Thread(target=run, daemon=True).start()
+
+
 def test_pull_progress_while_old_runs_then_kill_after_pull(
     sup: Any, docker_client: Any, base_image: str
 ) -> None:
@@ -155,21 +177,35 @@ def test_pull_progress_while_old_runs_then_kill_after_pull(
     proc.wait_for(lambda: running(docker_client, "a"), what="a running")
     old = by_service(docker_client)["a"][0]
     big = push_random_image(docker_client, "balena-py/big", 150, tag=f"t{int(time.time())}")
-    proc.post_target(local_target({"a": {"image": big, "command": SLEEP}},
-                                  commit="c0ffee02", release_id=2))
-    seen: list[int] = []
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        status = proc.status()
-        progress = status.get("overallDownloadProgress")
-        if progress is not None and 0 < progress < 100:
-            old.reload()
-            assert old.status == "running", "old container killed before the pull finished"
-            seen.append(progress)
-        if running(docker_client, "a") and by_service(docker_client)["a"][0].id != old.id:
-            break
-        time.sleep(0.05)
-    assert seen, "no intermediate download progress observed"
+    # Every change the supervisor publishes is an event, in order (seq): unlike polling the
+    # status, the stream cannot miss the intermediate percentages.
+    events: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+    stop = threading.Event()
+    _event_reader(f"http://127.0.0.1:{proc.port}/v2/events", events, stop)
+    seen: list[tuple[str, dict[str, Any]]] = []
+    try:
+        name, _ = events.get(timeout=30)  # subscribed before the target changes
+        assert name == "state"
+        proc.post_target(local_target({"a": {"image": big, "command": SLEEP}},
+                                      commit="c0ffee02", release_id=2))
+        deadline = time.monotonic() + 120
+        while not any(n == "service-status" and d["commit"] == "c0ffee02"
+                      and d["status"] == "Running" for n, d in seen):
+            assert time.monotonic() < deadline, f"new release never ran: {seen}"
+            with contextlib.suppress(queue.Empty):
+                seen.append(events.get(timeout=1))
+    finally:
+        stop.set()
+    assert not [d for n, d in seen if n == "dropped"], "the reader lost events"
+    progress = [d for n, d in seen if n == "download-progress" and d["image"] == big
+                and d["progress"] is not None and 0 < d["progress"] < 100]
+    assert progress, f"no intermediate download progress observed: {seen}"
+    # kill after pull: the old container left Running only after the last partial progress
+    old_left = [d["seq"] for n, d in seen if n == "service-status"
+                and d["commit"] == "c0ffee01" and d["status"] != "Running"]
+    assert old_left, f"the old container never stopped: {seen}"
+    assert max(d["seq"] for d in progress) < min(old_left), \
+        "old container killed before the pull finished"
     (new,) = by_service(docker_client)["a"]
     assert new.id != old.id
     assert new.image.tags and new.image.tags[0] == big
