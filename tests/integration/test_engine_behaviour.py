@@ -149,7 +149,11 @@ def test_shutdown_stops_the_apps_and_applies_nothing_more(
     assert proc.client.post("/v1/shutdown").status_code == 202
     proc.wait_for(lambda: [c["status"] for c in proc.status()["containers"]] == ["exited"],
                   what="the app stopped", timeout=60)
-    time.sleep(3)
+    # The positive end of the shutdown: the host call fires (after POWER_DELAY) once the apps
+    # are stopped and the loop is held; until then every Docker event of the stop has woken
+    # the loop, which must not have started the app again.
+    proc.wait_for(lambda: "Dry run: would shut down" in proc.log(tail=None),
+                  what="the (dry-run) host shutdown", timeout=60)
     (container,) = docker_client.containers.list(all=True,
                                                   filters={"label": "io.balena.supervised"})
     assert container.status == "exited"
