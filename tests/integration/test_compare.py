@@ -150,6 +150,12 @@ class PreviousRelease(SupervisorProc):
         super().__init__(root, **kw)
         self.code = code
 
+    def args(self) -> list[str]:
+        # options added after that release would make its argument parser refuse to start
+        argv = super().args()
+        i = argv.index("--firewall")
+        return argv[:i] + argv[i + 2:]
+
     def start(self, *, wait: bool = True) -> SupervisorProc:
         log = self.log_path.open("ab")
         # `python -m` puts the working directory first on sys.path: the old package wins
