@@ -22,6 +22,8 @@ import docker
 import docker.errors
 import pytest
 
+from tests.ci import ci_strict
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ENGINE_SH = REPO_ROOT / "scripts" / "engine.sh"
 REGISTRY = "127.0.0.1:5000"
@@ -31,11 +33,6 @@ DEMO_IMAGE = f"{REGISTRY}/balena-py/demo:latest"
 SUPERVISED_LABEL = "io.balena.supervised"
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 MIB = 1024 * 1024
-
-
-def ci_strict() -> bool:
-    """True in CI, where a missing engine or registry is a failure, not a skip."""
-    return os.environ.get("CI", "").strip().lower() not in ("", "false", "0", "no")
 
 
 def unavailable(reason: str) -> NoReturn:

@@ -22,7 +22,7 @@ from typing import Any
 import docker
 import pytest
 
-from tests.integration import dockerkit
+from tests.ci import ci_strict
 from tests.integration.supervisor_proc import REPO, SupervisorProc, local_target
 
 SLEEP = ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
@@ -173,7 +173,7 @@ def previous_release_code(dest: Path) -> Path:
          "supervisor", "board-configs"], capture_output=True, check=False)
     if archive.returncode != 0:
         reason = f"git history with {PREVIOUS_RELEASE[:12]} is not available"
-        if dockerkit.ci_strict():
+        if ci_strict():
             pytest.fail(f"{reason}: {archive.stderr.decode(errors='replace')}")
         pytest.skip(reason)
     dest.mkdir()
