@@ -11,10 +11,8 @@ Every call here blocks on disk I/O: async callers wrap it in `asyncio.to_thread`
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 import threading
 import uuid as uuidlib
 from collections.abc import Iterable, Mapping
@@ -22,6 +20,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from supervisor.durable import replace_file
 from supervisor.errors import ConfigError
 
 # config.md §1: PermissiveNumber ("12abc" -> 12) and PermissiveBoolean, one implementation.
@@ -92,25 +91,11 @@ def write_atomic(path: Path, data: Mapping[str, Any]) -> None:
     """Replace `path` with `data` so that a crash leaves either the old or the new file."""
     # Serialise first: an unencodable value must fail before anything touches the disk.
     payload = (json.dumps(data, indent=2) + "\n").encode("utf-8")
-    directory = path.parent
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        replace_file(path, payload)
     except OSError as err:
         raise ConfigError(f"cannot write {path}: {err.strerror or err}") from err
-    try:
-        with os.fdopen(fd, "wb") as tmp:
-            tmp.write(payload)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        _copy_mode(path, tmp_name)
-        os.replace(tmp_name, path)
-    except BaseException as err:
-        Path(tmp_name).unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise ConfigError(f"cannot write {path}: {err.strerror or err}") from err
-        raise
-    _fsync_dir(directory)
 
 
 class ConfigJson:
@@ -301,24 +286,3 @@ def _merged(
 
 def _or(value: int | None, default: int) -> int:
     return default if value is None else value
-
-
-def _copy_mode(original: Path, tmp_name: str) -> None:
-    # mkstemp makes the file 0600; keep the old file's mode so tools that read it still can.
-    with contextlib.suppress(FileNotFoundError):
-        os.chmod(tmp_name, original.stat().st_mode & 0o7777)
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable. Some filesystems refuse fsync on a directory: the rename
-    # is then as durable as the filesystem allows, which is all we can do.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -12,13 +12,13 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from supervisor.durable import replace_file
 from supervisor.errors import BadRequest
 from supervisor.model.config_vars import check_truthy
 
@@ -419,26 +419,8 @@ def secret_host_files(boot_dir: Path | str) -> list[Path]:
 
 
 def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
-    """Write via a temp file + fsync + rename, so a power cut never leaves half a file.
-    The file has `mode` from its first byte (0600 for secrets)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)  # a leftover of a crash could have another mode
-    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass  # some filesystems (e.g. vfat) refuse fsync on a directory
-    finally:
-        os.close(dir_fd)
+    """Replace `path` durably; the file has `mode` before it takes the name (0600 for secrets)."""
+    replace_file(path, text.encode(), mode=mode)
 
 
 def _set_no_proxy(boot_dir: Path | str, entries: tuple[str, ...]) -> bool:

@@ -10,12 +10,11 @@ Blocking: callers on the event loop wrap these in `asyncio.to_thread`.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from supervisor.durable import replace_file
 from supervisor.errors import SupervisorError
 
 
@@ -39,26 +38,11 @@ def read_text(path: Path) -> str | None:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` with `data`: temp file, fsync, rename, fsync the directory."""
-    directory = path.parent
+    """Replace `path` with `data` durably (supervisor/durable.py), keeping the old file's mode."""
     try:
-        fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+        replace_file(path, data)
     except OSError as err:
         raise BootConfigError(f"Cannot write {path}: {err.strerror or err}") from err
-    try:
-        with os.fdopen(fd, "wb") as tmp:
-            tmp.write(data)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        with contextlib.suppress(FileNotFoundError):  # mkstemp makes 0600: keep the old mode
-            os.chmod(tmp_name, path.stat().st_mode & 0o7777)
-        os.replace(tmp_name, path)
-    except BaseException as err:
-        Path(tmp_name).unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise BootConfigError(f"Cannot write {path}: {err.strerror or err}") from err
-        raise
-    _fsync_dir(directory)
 
 
 def write_in_place(path: Path, patches: Iterable[tuple[int, bytes]]) -> None:
@@ -77,20 +61,5 @@ def write_in_place(path: Path, patches: Iterable[tuple[int, bytes]]) -> None:
         os.fsync(fd)
     except OSError as err:
         raise BootConfigError(f"Issue writing to '{path}': {err.strerror or err}") from err
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename durable. vfat refuses fsync on a directory: then the rename is as
-    # durable as the filesystem allows.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
     finally:
         os.close(fd)
