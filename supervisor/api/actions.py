@@ -17,16 +17,17 @@ from typing import Any, Protocol
 from supervisor.actions.apps import AppActions
 from supervisor.actions.device import DeviceActions
 from supervisor.actions.gate import ActionGate
+from supervisor.actions.messages import ServiceAction
 from supervisor.actions.ports import Device
 from supervisor.actions.volumes import cleanup_volumes
-from supervisor.api.context import JournalParams, KeyRecord, ServiceAction
+from supervisor.api.context import KeyRecord
 from supervisor.api.local_target import local_target_state
 from supervisor.board.led import Led
 from supervisor.errors import NotFound
 from supervisor.events import EventBus
 from supervisor.health import HealthSource, runtime_health
 from supervisor.host.vpn import vpn_status
-from supervisor.journal import open_journal
+from supervisor.journal import JournalParams, open_journal
 from supervisor.locks import container_path
 from supervisor.logs import LogHub
 from supervisor.model.current import Snapshot

@@ -6,7 +6,7 @@ changes the device goes through `Actions`, whose methods raise `supervisor.error
 (the API maps them to upstream's status codes and bodies in `api/app.py`).
 
 Upstream's message texts live in `actions/messages.py` (the actions raise `BadRequest`/
-`NotFound` with them) and `JournalParams` in `journal.py`; both are re-exported here.
+`NotFound` with them) and `JournalParams` in `journal.py`: import them from there.
 """
 
 from __future__ import annotations
@@ -14,14 +14,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Protocol
 
-# re-exported: routes and tests read them here
-from supervisor.actions.messages import (
-    APP_NOT_FOUND,
-    SERVICE_NOT_FOUND,
-    TARGET_SERVICE_NOT_FOUND,
-    V2_SERVICE_ENDPOINT_ERROR,
-    ServiceAction,
-)
+from supervisor.actions.messages import ServiceAction
 from supervisor.journal import JournalParams
 from supervisor.model.current import Snapshot
 
@@ -174,9 +167,3 @@ class ApiContext(Protocol):
         """`GET /v2/locks`: the update locks held now, e.g.
         `{"appId": 1, "serviceName": "main", "path": "...", "owner": "user"|"supervisor"}`."""
         ...
-
-
-__all__ = [
-    "APP_NOT_FOUND", "SERVICE_NOT_FOUND", "TARGET_SERVICE_NOT_FOUND", "V2_SERVICE_ENDPOINT_ERROR",
-    "Actions", "ApiContext", "JournalParams", "KeyRecord", "ServiceAction",
-]

@@ -11,8 +11,8 @@ from typing import Literal
 
 from starlette.responses import Response
 
+from supervisor.actions.messages import V2_SERVICE_ENDPOINT_ERROR
 from supervisor.api import views
-from supervisor.api.context import V2_SERVICE_ENDPOINT_ERROR
 from supervisor.api.params import ApiRequest, check_int, check_string, check_truthy, js_truthy
 from supervisor.api.streams import SlotStreamingResponse, stream_slots
 from supervisor.cloud.tags import RESERVED_PREFIXES

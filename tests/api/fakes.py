@@ -12,7 +12,9 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from supervisor.api.context import ApiContext, JournalParams, ServiceAction
+from supervisor.actions.messages import ServiceAction
+from supervisor.api.context import ApiContext
+from supervisor.journal import JournalParams
 from supervisor.model.current import (
     ContainerInfo,
     Current,

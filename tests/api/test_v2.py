@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from supervisor import COMPAT_VERSION
-from supervisor.api.context import JournalParams
 from supervisor.errors import EngineError, NotFound, TargetInvalid, UpdatesLocked
+from supervisor.journal import JournalParams
 from supervisor.model.steps import Fetch, Noop
 from tests.api.fakes import (
     APP1_KEY,

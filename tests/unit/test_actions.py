@@ -21,12 +21,11 @@ from supervisor.actions.apps import extra_firmware_volume, pick_container, targe
 from supervisor.actions.gate import ActionGate, lock_dirs
 from supervisor.actions.volumes import orphan_volumes
 from supervisor.api.actions import RuntimeActions
-from supervisor.api.context import JournalParams
 from supervisor.api.local_target import camel_case, local_target_state
 from supervisor.device_flags import instant_updates, lock_override
 from supervisor.errors import BadRequest, NotFound, SupervisorError, UpdatesLocked
 from supervisor.host.actions import DryRunHostActions
-from supervisor.journal import open_journal
+from supervisor.journal import JournalParams, open_journal
 from supervisor.model.current import ContainerInfo, Current, VolumeInfo
 from supervisor.model.intents import IntentView, Pending, RestartApp, Stage, not_recreated
 from supervisor.model.spec import DeviceContext, container_spec
