@@ -182,4 +182,4 @@ class AppActions:
         return force or lock_override(self._rt.target)
 
 
-__all__ = ["AppActions", "extra_firmware_volume", "pick_container", "target_service"]
+__all__ = ["AppActions", "pick_container", "target_service"]

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from supervisor.actions.apps import extra_firmware_volume, pick_container, target_service
+from supervisor.actions.apps import pick_container, target_service
 from supervisor.actions.gate import ActionGate, lock_dirs
 from supervisor.actions.volumes import orphan_volumes
 from supervisor.api.actions import RuntimeActions
@@ -25,6 +25,7 @@ from supervisor.api.local_target import camel_case, local_target_state
 from supervisor.device_flags import instant_updates, lock_override
 from supervisor.errors import BadRequest, NotFound, SupervisorError, UpdatesLocked
 from supervisor.host.actions import DryRunHostActions
+from supervisor.host.firmware import extra_firmware_volume
 from supervisor.journal import JournalParams, open_journal
 from supervisor.model.current import ContainerInfo, Current, VolumeInfo
 from supervisor.model.intents import IntentView, Pending, RestartApp, Stage, not_recreated
