@@ -15,7 +15,6 @@ import select
 import socket
 import stat
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +32,6 @@ with warnings.catch_warnings():
     from starlette.testclient import TestClient
 
 WAIT_S = 30.0  # far beyond an answer that does not wait for the body
-
-
-@pytest.fixture(scope="module")
-def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
-    found = Cloud(tmp_path_factory.mktemp("devcloud"), free_port())
-    found.start()
-    found.register()
-    yield found
-    found.stop()
 
 
 def memory(cloud: Cloud, field: str) -> int:

@@ -31,15 +31,6 @@ FAST = Timing(backoff_base=0.05, backoff_max=0.4, grace=0.05, idle=300.0,
               flush_interval=0.1, io_timeout=10.0)
 
 
-@pytest.fixture(scope="module")
-def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
-    found = Cloud(tmp_path_factory.mktemp("devcloud"), free_port())
-    found.start()
-    found.register()
-    yield found
-    found.stop()
-
-
 @pytest.fixture
 def stream(cloud: Cloud) -> Iterator[LogStream]:
     made = LogStream(timing=FAST)

@@ -7,25 +7,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import Iterator
 
 import pytest
 
 from supervisor.cloud.http import CloudClient, CloudError
 from supervisor.cloud.registry_auth import RegistryTokens
-from tests.api.devcloud_proc import Cloud, free_port
+from tests.api.devcloud_proc import Cloud
 
 SRC = "registry2.example.com/v2/aaaa@sha256:1111"
 DEST = "registry2.example.com/v2/bbbb:latest"
-
-
-@pytest.fixture(scope="module")
-def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
-    found = Cloud(tmp_path_factory.mktemp("devcloud"), free_port())
-    found.start()
-    found.register()
-    yield found
-    found.stop()
 
 
 def tokens(cloud: Cloud, key: str, now: list[float]) -> RegistryTokens:
